@@ -180,6 +180,7 @@ def render(summary: RunSummary, timing: dict[str, float], out_dir: str) -> str:
                  f"step {w.step_s}s, interval {w.interval_s // 60} min, seed {w.seed}")
     lines.append(f"speed: {timing['kernel_rate'] / 1e6:,.0f} M meter-steps/s in the kernels, "
                  f"{timing['wall_rate'] / 1e6:,.0f} M/s end to end; {timing['wall']:.1f}s wall, "
+                 f"{timing['kernel_seconds']:.1f}s in kernels, "
                  f"{timing['speedup']:,.0f}x faster than real time")
     lines += ["", "per building (reported; gap = master - sub-meters = losses + theft + faults):"]
     header = f"  {'building':<10}{'kWh sub':>14}{'kWh master':>14}{'gap kWh':>11}{'gap %':>8}" \

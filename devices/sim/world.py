@@ -36,6 +36,9 @@ from twin.state import FleetState
 DEFAULT_START = datetime(2026, 1, 1)
 VACANT = ProfileClass("vacant", monthly_kwh=4.0, water_m3_month=0.0, spread=0.3, daily_cv=0.1,
                       away_prob=0.0)
+#: The register each metered kind reports, in the twins' state.
+REGISTERS = {Kind.ELECTRIC_METER: "energy_kwh", Kind.WATER_METER: "volume_m3",
+             Kind.ELEVATOR: "energy_kwh", Kind.SHARED_CIRCUIT: "energy_kwh"}
 #: Share of its usual electricity a household uses on a day away (fridge, standby).
 AWAY_ELECTRIC = 0.15
 
@@ -433,12 +436,15 @@ class World:
         last = day.reported[-1]
         online = ~np.isnan(last)
         hours = self.interval_s / 3600.0
-        for kind, register in ((Kind.ELECTRIC_METER, "energy_kwh"), (Kind.WATER_METER, "volume_m3"),
-                               (Kind.ELEVATOR, "energy_kwh"), (Kind.SHARED_CIRCUIT, "energy_kwh")):
+        if not hasattr(self, "_state_cols"):
+            self._state_cols = {
+                kind: np.array([self.column_of[i] for i in self.state.tables[kind].ids], dtype=np.int64)
+                for kind in REGISTERS}
+        for kind, register in REGISTERS.items():
             table = self.state.tables[kind]
             if not len(table):
                 continue
-            cols = np.array([self.column_of[i] for i in table.ids], dtype=np.int64)
+            cols = self._state_cols[kind]
             ok = online[cols]
             rows = np.flatnonzero(ok)
             reported = table.faces["reported"]
