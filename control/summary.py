@@ -201,7 +201,8 @@ def render(summary: RunSummary, timing: dict[str, float], out_dir: str) -> str:
 
     fig("electricity per household, kWh/30 days", "kwh_per_30_days_mean", ",.0f", "goal 150-300")
     if "kwh_per_30_days_p10" in s:
-        lines.append(f"  {'  P10 - P90':<40}{s['kwh_per_30_days_p10']:>6.0f} - {s['kwh_per_30_days_p90']:<5.0f}")
+        p10, p90 = s["kwh_per_30_days_p10"], s["kwh_per_30_days_p90"]
+        lines.append(f"  {'  P10 - P90':<40}{p10:>6.0f} - {p90:<5.0f}")
     fig("evening peak hour (mean power)", "peak_hour", "d", "goal 19-21 (19:00-22:00)")
     fig("night minimum / peak", "night_min_to_peak", ".2f", "goal < 0.40")
     fig("weekend / weekday daily energy", "weekend_to_weekday", ".2f", "goal != 1")

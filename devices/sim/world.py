@@ -170,7 +170,8 @@ class World:
         self.cls_e = np.array([self.class_of[t.profile or "household"] for t in e], dtype=np.int64)
         spread = self.class_param("spread")
         base_kw = self.class_param("monthly_kwh") / 720.0
-        self.size_e = base_kw[self.cls_e] * _lognormal_sizes(twin_keys(ids["e"], self.seed, SIZE), spread[self.cls_e])
+        sizes_e = _lognormal_sizes(twin_keys(ids["e"], self.seed, SIZE), spread[self.cls_e])
+        self.size_e = base_kw[self.cls_e] * sizes_e
         self.cv_e = self.class_param("daily_cv")[self.cls_e]
         self.away_e = self.class_param("away_prob")[self.cls_e]
         self.on_e = np.ones(len(e), dtype=np.int8)
@@ -359,7 +360,9 @@ class World:
         self.shape_w = profiles.water_shapes(self.class_shapes, minute, weekend)
         self.shape_l = profiles.elevator_shape(minute, weekend)
         first = slice(None, None, self.spi)
-        self.interval_minute, self.interval_weekend, self.interval_month = minute[first], weekend[first], month[first]
+        self.interval_minute = minute[first]
+        self.interval_weekend = weekend[first]
+        self.interval_month = month[first]
         n_s = len(self.windows_s)
         self.scheduled_s = np.zeros((n_s, self.spd), dtype=np.int8)
         for i, windows in enumerate(self.windows_s):

@@ -96,7 +96,8 @@ def test_elevator_and_shared_kernels_match_numpy_reference():
     acc, on = np.zeros(keys.size), np.zeros(keys.size, dtype=np.int8)
     kernels.advance_shared(keys, power, duty, scheduled, always, 0, 100, 0, 1 / 60, acc, on)
     u = np_uniform(keys, np.arange(0, 100))
-    active = ((scheduled[:, :100] == 1) | (always[:, None] == 1)) & ((duty[:, None] >= 1) | (u < duty[:, None]))
+    in_schedule = (scheduled[:, :100] == 1) | (always[:, None] == 1)
+    active = in_schedule & ((duty[:, None] >= 1) | (u < duty[:, None]))
     np.testing.assert_allclose(acc, active.sum(axis=1) * power / 60, rtol=1e-12)
     np.testing.assert_array_equal(on, active[:, -1])
 

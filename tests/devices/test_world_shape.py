@@ -66,7 +66,8 @@ def test_elevators_follow_the_rush_hours(scenario_factory):
     day = days[0]
     lift = world.column_of["B01.el1"]
     hours = day.interval_minute // 60
-    assert day.true[(hours >= 7) & (hours < 9), lift].mean() > 3 * day.true[(hours >= 2) & (hours < 4), lift].mean()
+    rush = day.true[(hours >= 7) & (hours < 9), lift].mean()
+    assert rush > 3 * day.true[(hours >= 2) & (hours < 4), lift].mean()
     corridor = world.column_of["B01.sc-corridor"]
     assert np.all(day.true[(hours >= 7) & (hours < 17), corridor] == 0)
     assert np.all(day.true[(hours >= 19) | (hours < 5), corridor] > 0)
