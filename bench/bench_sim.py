@@ -24,10 +24,9 @@ import time
 from pathlib import Path
 
 from bench.harness import Report
-from scenarios.loader import load_scenario
-
 from devices.sim import kernels
 from devices.sim.world import World
+from scenarios.loader import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 LOADTEST = ROOT / "scenarios" / "loadtest-100k.toml"

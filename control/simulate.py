@@ -17,12 +17,12 @@ from datetime import datetime
 from pathlib import Path
 
 import numpy as np
-from scenarios.loader import load_scenario
-from twin.history import HistoryWriter, Topology, TruthEvent, write_ground_truth
 
 from control.progress import Progress
 from control.summary import RunSummary, render
 from devices.sim.world import DayResult, World
+from scenarios.loader import load_scenario
+from twin.history import HistoryWriter, Topology, TruthEvent, write_ground_truth
 
 
 @dataclass

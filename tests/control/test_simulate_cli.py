@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from twin.history import open_history
 
 from control.cli import main
+from twin.history import open_history
 
 SMALL = """\
 [site]
