@@ -19,7 +19,7 @@ from __future__ import annotations
 import csv
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -89,6 +89,9 @@ class Column:
             raise HistoryError(f"column {self.id!r}: role must be 'sub' or 'master', not {self.role!r}")
 
 
+COLUMN_FIELDS = tuple(f.name for f in fields(Column))
+
+
 @dataclass(slots=True)
 class Topology:
     """What the columns of a history are. Example: ``Topology("XA01", "Asia/Shanghai", 900,
@@ -136,7 +139,8 @@ class Topology:
         """The topology.json text."""
         return json.dumps({
             "format": FORMAT, "version": VERSION, "site": self.site, "timezone": self.timezone,
-            "interval_s": self.interval_s, "columns": [asdict(c) for c in self.columns],
+            "interval_s": self.interval_s,
+            "columns": [{name: getattr(c, name) for name in COLUMN_FIELDS} for c in self.columns],
         }, indent=1, ensure_ascii=False) + "\n"
 
     @classmethod
@@ -225,6 +229,29 @@ def read_ground_truth(directory: str | os.PathLike[str]) -> list[TruthEvent]:
     return events
 
 
+def read_first_row(directory: str | os.PathLike[str], month: str) -> int:
+    """The month row a month file starts at: `intervals/YYYY-MM.json` {"first_row": r},
+    0 when that file is absent (a file holding the whole month needs none)."""
+    path = Path(directory) / "intervals" / f"{month}.json"
+    if not path.exists():
+        return 0
+    try:
+        first = json.loads(path.read_text())["first_row"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise HistoryError(f"{path}: expected {{\"first_row\": N}}; delete it if {month}.f32 "
+                           "starts at the month's first interval") from None
+    if not isinstance(first, int) or first < 0:
+        raise HistoryError(f"{path}: first_row must be a whole number >= 0, not {first!r}")
+    return first
+
+
+def _write_first_row(directory: Path, month: str, first: int) -> None:
+    path = directory / "intervals" / f"{month}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"first_row": first}) + "\n")
+    os.replace(tmp, path)
+
+
 class HistoryWriter:
     """Writes rows of a history. Example::
 
@@ -254,18 +281,25 @@ class HistoryWriter:
             tmp = path.with_suffix(".json.tmp")
             tmp.write_text(text)
             os.replace(tmp, path)
-        self._files: dict[str, int] = {}  # month name -> fd
+        self._files: dict[str, tuple[int, int]] = {}  # month name -> (fd, first row)
 
-    def _fd(self, month: str) -> int:
-        fd = self._files.get(month)
-        if fd is None:
-            path = self.directory / "intervals" / f"{month}.f32"
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-            size = os.fstat(fd).st_size
-            if size % self.row_bytes:  # a torn last row: cut it off
-                os.ftruncate(fd, size - size % self.row_bytes)
-            self._files[month] = fd
-        return fd
+    def _open(self, month: str, first_row: int) -> tuple[int, int]:
+        """(fd, first row held) of a month file, creating it to start at `first_row`."""
+        if month in self._files:
+            return self._files[month]
+        path = self.directory / "intervals" / f"{month}.f32"
+        if path.exists():
+            first = read_first_row(self.directory, month)
+        else:  # the start row is recorded before the first byte lands
+            first = first_row
+            if first:
+                _write_first_row(self.directory, month, first)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        size = os.fstat(fd).st_size
+        if size % self.row_bytes:  # a torn last row: cut it off
+            os.ftruncate(fd, size - size % self.row_bytes)
+        self._files[month] = (fd, first)
+        return fd, first
 
     def append(self, first_start_utc: int, block: np.ndarray) -> None:
         """Write `block` ([intervals, columns]) with its first row at `first_start_utc`."""
@@ -286,25 +320,41 @@ class HistoryWriter:
             t += take * self.interval_s
 
     def _write_rows(self, month: str, row: int, rows: np.ndarray) -> None:
-        fd = self._fd(month)
+        fd, first = self._open(month, row)
+        if row < first:
+            fd, first = self._rebase(month, row)
         size = os.fstat(fd).st_size
-        have = size // self.row_bytes
+        have = first + size // self.row_bytes
         if row > have:  # fill the gap with NaN so missing reads as missing
             gap = np.full((row - have, rows.shape[1]), np.nan, dtype=DTYPE)
-            os.pwrite(fd, gap.tobytes(), have * self.row_bytes)
+            os.pwrite(fd, gap.tobytes(), (have - first) * self.row_bytes)
         payload = rows.tobytes()
-        written = os.pwrite(fd, payload, row * self.row_bytes)
+        written = os.pwrite(fd, payload, (row - first) * self.row_bytes)
         if written != len(payload):
             raise HistoryError(f"short write to {month}.f32 ({written} of {len(payload)} bytes): disk full?")
 
+    def _rebase(self, month: str, row: int) -> tuple[int, int]:
+        """Readings older than a month file's first row: rewrite the file to start at `row`.
+        Rare (a backfill of an earlier part of a month); not atomic against a crash."""
+        fd, first = self._files.pop(month)
+        path = self.directory / "intervals" / f"{month}.f32"
+        old = np.fromfile(path, dtype=DTYPE)
+        os.close(fd)
+        gap = np.full((first - row) * len(self.topology.columns), np.nan, dtype=DTYPE)
+        tmp = path.with_suffix(".f32.tmp")
+        np.concatenate([gap, old]).tofile(tmp)
+        os.replace(tmp, path)
+        _write_first_row(self.directory, month, row)
+        return self._open(month, row)
+
     def flush(self) -> None:
         """Make every written row durable (fsync)."""
-        for fd in self._files.values():
+        for fd, _ in self._files.values():
             os.fsync(fd)
 
     def close(self) -> None:
         """Close the month files."""
-        for fd in self._files.values():
+        for fd, _ in self._files.values():
             os.close(fd)
         self._files.clear()
 
@@ -344,34 +394,36 @@ class History:
         size = (self.directory / "intervals" / f"{month}.f32").stat().st_size
         return size // self.row_bytes if self.row_bytes else 0
 
-    def _map(self, month: str) -> np.ndarray | None:
+    def _map(self, month: str) -> tuple[int, np.ndarray] | None:
+        """(first row, [rows, columns] memmap) of a month file, None when it holds none."""
         rows = self._rows_in(month)
         if rows == 0:
             return None
         path = self.directory / "intervals" / f"{month}.f32"
-        return np.memmap(path, dtype=DTYPE, mode="r", shape=(rows, len(self.topology.columns)))
+        matrix = np.memmap(path, dtype=DTYPE, mode="r", shape=(rows, len(self.topology.columns)))
+        return read_first_row(self.directory, month), matrix
 
     @property
     def start(self) -> int | None:
         """UTC start of the first interval holding any reading, None when empty."""
         for month in self.months():
-            m = self._map(month)
-            if m is None:
+            mapped = self._map(month)
+            if mapped is None:
                 continue
+            first, m = mapped
             for r0 in range(0, m.shape[0], 256):  # stop at the first written row
                 written = np.flatnonzero(~np.all(np.isnan(m[r0:r0 + 256]), axis=1))
                 if written.size:
-                    return _month_of_name(month) + (r0 + int(written[0])) * self.interval_s
+                    return _month_of_name(month) + (first + r0 + int(written[0])) * self.interval_s
         return None
 
     @property
     def end(self) -> int | None:
         """UTC end of the last written interval (exclusive), None when empty."""
-        months = self.months()
-        for month in reversed(months):
+        for month in reversed(self.months()):
             rows = self._rows_in(month)
             if rows:
-                return _month_of_name(month) + rows * self.interval_s
+                return _month_of_name(month) + (read_first_row(self.directory, month) + rows) * self.interval_s
         return None
 
     def times(self, start: int, end: int) -> np.ndarray:
@@ -389,13 +441,14 @@ class History:
             month0, month1 = month_start_utc(t), next_month_start_utc(t)
             stop = min(end, month1)
             path = self.directory / "intervals" / f"{month_name(t)}.f32"
-            if path.exists():
-                m = self._map(month_name(t))
-                if m is not None:
-                    r0, r1 = (t - month0) // self.interval_s, (stop - month0) // self.interval_s
-                    have = m[r0:min(r1, m.shape[0])]
-                    o = (t - start) // self.interval_s
-                    out[o:o + have.shape[0]] = have
+            mapped = self._map(month_name(t)) if path.exists() else None
+            if mapped is not None:
+                first, m = mapped
+                r0, r1 = (t - month0) // self.interval_s, (stop - month0) // self.interval_s
+                f0, f1 = max(r0 - first, 0), min(r1 - first, m.shape[0])
+                if f1 > f0:
+                    o = (first + f0 - r0) + (t - start) // self.interval_s
+                    out[o:o + (f1 - f0)] = m[f0:f1]
             t = stop
         return out
 

@@ -25,7 +25,7 @@ from datetime import datetime
 
 import numpy as np
 
-from devices.sim.rng import INJECT, key_for, uniform
+from devices.sim.rng import INJECT, key_for, twin_keys, uniform
 from scenarios.schema import (
     FAULT_KINDS,
     INJECTION_PARAMS,
@@ -116,11 +116,17 @@ def resolve(
         add(inj.twin, inj.kind, max(s, 0), e, dict(inj.params), f"file{n}")
 
     taken = {r.twin for r in out}
+    occupied_subs: dict[str, list[TwinSpec]] = {}
+    for t in twins:  # candidates: sub-meters of occupied rooms, by twin kind
+        if t.role == "sub" and t.profile != "vacant":
+            occupied_subs.setdefault(t.kind.value, []).append(t)
     for spec in randoms:
         for kind in spec.kinds:
-            eligible = [t for t in twins if t.id not in taken and _eligible(kind, t)]
-            ranked = sorted(eligible, key=lambda t: int(key_for(f"{t.id}/{kind}", seed, INJECT)))
-            for i, twin in enumerate(ranked[: spec.per_kind]):
+            allowed = FAULT_KINDS.get(kind, ("electric_meter",))
+            eligible = [t for k in allowed for t in occupied_subs.get(k, []) if t.id not in taken]
+            ranks = twin_keys([f"{t.id}/{kind}" for t in eligible], seed, INJECT)
+            ranked = [eligible[i] for i in np.argsort(ranks, kind="stable")[: spec.per_kind]]
+            for i, twin in enumerate(ranked):
                 key = key_for(f"{twin.id}/{kind}/random", seed, INJECT)
                 last = min(spec.last_day, max(int(days) - 1, spec.first_day))
                 day = spec.first_day + int(uniform(key, np.uint64(10)) * (last - spec.first_day + 1))
@@ -131,15 +137,6 @@ def resolve(
                 add(twin.id, kind, s, e, {}, f"random{i}")
                 taken.add(twin.id)
     return out
-
-
-def _eligible(kind: str, twin: TwinSpec) -> bool:
-    """A sub-meter of the right kind that belongs to an occupied room."""
-    try:
-        check_target(kind, twin)
-    except ValueError:
-        return False
-    return twin.profile != "vacant"
 
 
 def apply_reporting(
