@@ -169,6 +169,31 @@ def _num(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+MAX_BUILDINGS_SHOWN = 12
+
+
+def _building_line(r: dict[str, Any]) -> str:
+    return (f"  {r['building']:<10}{_num(r['electric_sub_kwh']):>14}{_num(r['electric_master_kwh']):>14}"
+            f"{_num(r['electric_gap_kwh']):>11}{_num(r['electric_gap_pct'], 2):>8}"
+            f"{_num(r['water_sub_m3']):>11}{_num(r['water_master_m3']):>11}{_num(r['water_gap_pct'], 2):>8}")
+
+
+def _site_total(table: list[dict[str, Any]], site: str) -> dict[str, Any]:
+    """Sum of the buildings that have masters, for the site line of the table."""
+    def total(key: str) -> float:
+        values = [r[key] for r in table if not np.isnan(r[key])]
+        return float(np.sum(values)) if values else float("nan")
+
+    e_sub, e_master = total("electric_sub_kwh"), total("electric_master_kwh")
+    w_sub, w_master = total("water_sub_m3"), total("water_master_m3")
+    e_gap = sum(r["electric_gap_kwh"] for r in table if not np.isnan(r["electric_gap_kwh"]))
+    w_gap = sum(r["water_gap_m3"] for r in table if not np.isnan(r["water_gap_m3"]))
+    return {"building": f"{site} (all)", "electric_sub_kwh": e_sub, "electric_master_kwh": e_master,
+            "electric_gap_kwh": e_gap, "electric_gap_pct": 100 * e_gap / e_master if e_master else None,
+            "water_sub_m3": w_sub, "water_master_m3": w_master,
+            "water_gap_pct": 100 * w_gap / w_master if w_master else None}
+
+
 def render(summary: RunSummary, timing: dict[str, float], out_dir: str) -> str:
     """The readable end-of-run report."""
     w = summary.world
@@ -186,11 +211,15 @@ def render(summary: RunSummary, timing: dict[str, float], out_dir: str) -> str:
     header = f"  {'building':<10}{'kWh sub':>14}{'kWh master':>14}{'gap kWh':>11}{'gap %':>8}" \
              f"{'m3 sub':>11}{'m3 master':>11}{'gap %':>8}"
     lines.append(header)
-    for r in summary.buildings_table():
-        lines.append(
-            f"  {r['building']:<10}{_num(r['electric_sub_kwh']):>14}{_num(r['electric_master_kwh']):>14}"
-            f"{_num(r['electric_gap_kwh']):>11}{_num(r['electric_gap_pct'], 2):>8}"
-            f"{_num(r['water_sub_m3']):>11}{_num(r['water_master_m3']):>11}{_num(r['water_gap_pct'], 2):>8}")
+    table = summary.buildings_table()
+    shown = table if len(table) <= MAX_BUILDINGS_SHOWN else sorted(
+        table, key=lambda r: -abs(r["electric_gap_pct"] or 0.0))[:MAX_BUILDINGS_SHOWN]
+    for r in shown:
+        lines.append(_building_line(r))
+    if len(shown) < len(table):
+        lines.append(f"  ... the {len(shown)} largest electric gaps of {len(table)} buildings shown; "
+                     "all are in summary.json")
+    lines.append(_building_line(_site_total(table, w.site.id)))
     s = summary.shape()
     lines += ["", f"load shape ({s.get('households', 0):,} households, truth):"]
 
