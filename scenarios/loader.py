@@ -151,6 +151,17 @@ class Locator:
                 path = (*path, counts[path] - 1)
         return path
 
+    def field_at(self, line: int) -> str:
+        """The dotted field written on a line, as far as it can be told ('' if none)."""
+        if not 0 < line <= len(self.lines):
+            return ""
+        table: tuple[Any, ...] = ()
+        for path, (first, last) in self.tables.items():
+            if first <= line <= last:
+                table = path
+        match = _KEY.match(self.lines[line - 1])
+        return field_name((*table, match.group(1).strip("\"'")) if match else table)
+
     def line_of(self, path: tuple[Any, ...]) -> int | None:
         """The line of a field path, or of its nearest enclosing table."""
         for cut in range(len(path), -1, -1):
@@ -285,6 +296,13 @@ ROOM_KEYS = ("id", "profile", "area_m2", "use", "vacant", "account", "electric",
 INJECT_KEYS = ("twin", "kind", "start", "end")
 RANDOM_KEYS = ("kinds", "per_kind", "first_day", "last_day", "min_days", "max_days")
 PROFILE_KEYS = tuple(f.name for f in fields(ProfileClass) if f.name != "name")
+PROFILE_RULES = {
+    "monthly_kwh": (lambda v: v >= 0, "monthly_kwh must be >= 0"),
+    "water_m3_month": (lambda v: v >= 0, "water_m3_month must be >= 0"),
+    "spread": (lambda v: 0 <= v <= 2, "spread must be in [0, 2]"),
+    "daily_cv": (lambda v: 0 <= v <= 2, "daily_cv must be in [0, 2]"),
+    "away_prob": (lambda v: 0 <= v < 1, "away_prob must be in [0, 1)"),
+}
 TOP_KEYS = ("site", "profiles", "tariffs", "fee_items", "buildings", "rooms", "inject", "random_inject")
 
 
@@ -305,9 +323,13 @@ def load_scenario_text(text: str, path: str = "<string>") -> Scenario:
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as err:
-        line = getattr(err, "lineno", None)
-        message = getattr(err, "msg", str(err))
-        raise ScenarioError(path, line, "", f"TOML syntax: {message}") from None
+        message = str(err)
+        match = re.search(r"\s*\(at line (\d+), column (\d+)\)", message)
+        line = int(match.group(1)) if match else None
+        if match:
+            message = message[: match.start()] + f" (column {match.group(2)})"
+        field = Locator(text).field_at(line) if line else ""
+        raise ScenarioError(path, line, field, f"TOML syntax: {message}") from None
     r = _Reader(path, text)
     try:
         return _build(doc, r, path)
@@ -385,7 +407,11 @@ def _profiles(r: _Reader, table: Any) -> dict[str, ProfileClass]:
         values: dict[str, Any] = {}
         for key in raw:
             if key == "shape":
-                values[key] = r.get(raw, key, where, str)
+                values[key] = r.get(raw, key, where, str, check=("household", "shop", "office").__contains__,
+                                    rule="shape is household, shop or office")
+            elif key in PROFILE_RULES:
+                check, rule = PROFILE_RULES[key]
+                values[key] = r.get(raw, key, where, float, check=check, rule=rule)
             elif key == "seasonal":
                 seasonal = raw[key]
                 if not isinstance(seasonal, list) or len(seasonal) != 12 or not all(
