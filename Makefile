@@ -1,0 +1,30 @@
+# MeterTwin: `make demo`, `make test`, `make bench` work from a fresh clone; the first
+# run creates .venv and installs the project (again whenever pyproject.toml changes).
+
+PYTHON ?= python3
+VENV := .venv
+STAMP := $(VENV)/.installed
+BIN := $(VENV)/bin
+
+.PHONY: demo test bench lint clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/metertwin simulate scenarios/demo-community.toml --days 2 --out out/demo --force
+
+test: $(STAMP)
+	$(BIN)/pytest -q $(PYTEST_ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check twin devices control dashboard scenarios tests bench
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache .hypothesis bench/results.json
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +
