@@ -136,12 +136,13 @@ class Topology:
             raise KeyError(f"no column {twin_id!r} in this history") from None
 
     def to_json(self) -> str:
-        """The topology.json text."""
-        return json.dumps({
-            "format": FORMAT, "version": VERSION, "site": self.site, "timezone": self.timezone,
-            "interval_s": self.interval_s,
-            "columns": [{name: getattr(c, name) for name in COLUMN_FIELDS} for c in self.columns],
-        }, indent=1, ensure_ascii=False) + "\n"
+        """The topology.json text: the header fields, then one column per line (readable,
+        and fast to write for 100,000 columns)."""
+        head = json.dumps({"format": FORMAT, "version": VERSION, "site": self.site, "timezone": self.timezone,
+                           "interval_s": self.interval_s}, ensure_ascii=False)
+        columns = ",\n  ".join(
+            json.dumps({name: getattr(c, name) for name in COLUMN_FIELDS}, ensure_ascii=False) for c in self.columns)
+        return head[:-1] + ', "columns": [\n  ' + columns + "\n]}\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = "topology.json") -> Topology:
