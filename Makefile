@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/metertwin simulate scenarios/demo-community.toml --days 2 --out out/demo --force
+	$(BIN)/metertwin simulate scenarios/demo-community.toml --out out/demo --force
 
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -193,7 +193,7 @@ class Site:
                     raise ValueError(f"twin {twin.id}: master {twin.master!r} does not exist")
                 if master.role != "master" or master.utility != twin.utility:
                     raise ValueError(
-                        f"twin {twin.id}: {twin.master!r} is not a {twin.utility} master meter"
+                        f"twin {twin.id}: {twin.master!r} is not a master meter for {twin.utility}"
                     )
             if twin.valve_of is not None:
                 meter = by_id.get(twin.valve_of)
