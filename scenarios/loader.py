@@ -85,6 +85,7 @@ from scenarios.schema import (
     Injection,
     ProfileClass,
     RandomInjections,
+    Residents,
     Scenario,
     When,
 )
@@ -303,7 +304,9 @@ PROFILE_RULES = {
     "daily_cv": (lambda v: 0 <= v <= 2, "daily_cv must be in [0, 2]"),
     "away_prob": (lambda v: 0 <= v < 1, "away_prob must be in [0, 1)"),
 }
-TOP_KEYS = ("site", "profiles", "tariffs", "fee_items", "buildings", "rooms", "inject", "random_inject")
+TOP_KEYS = ("site", "profiles", "tariffs", "fee_items", "buildings", "rooms", "inject", "random_inject",
+            "residents")
+RESIDENT_KEYS = ("opening_yuan", "topup_below_yuan", "topup_delay_hours", "topup_yuan")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -378,8 +381,34 @@ def _build(doc: dict[str, Any], r: _Reader, path: str) -> Scenario:
     built.finish()
     injections = _injections(r, doc.get("inject", []), built.twin_ids)
     randoms = _randoms(r, doc.get("random_inject", []))
+    residents = _residents(r, doc["residents"]) if "residents" in doc else None
     return Scenario(path, site, profiles, tariffs, list(fee_items), injections, randoms,
-                    INTERVALS[interval], start, days)
+                    INTERVALS[interval], start, days, residents)
+
+
+def _residents(r: _Reader, raw: Any) -> Residents:
+    where = ("residents",)
+    raw = r.table(raw, where, RESIDENT_KEYS)
+    values: dict[str, Any] = {}
+    for key in ("opening_yuan", "topup_below_yuan"):
+        if key in raw:
+            pair = raw[key]
+            if not (isinstance(pair, list) and len(pair) == 2 and all(
+                    isinstance(v, int | float) and not isinstance(v, bool) for v in pair)):
+                raise r.fail((*where, key), "give [low, high] in yuan, for example [50, 300]")
+            values[key] = (float(pair[0]), float(pair[1]))
+    if "topup_yuan" in raw:
+        amounts = raw["topup_yuan"]
+        if not (isinstance(amounts, list) and amounts and all(
+                isinstance(v, int | float) and not isinstance(v, bool) and v > 0 for v in amounts)):
+            raise r.fail((*where, "topup_yuan"), "give a list of positive amounts, for example [100, 200]")
+        values["topup_yuan"] = tuple(float(v) for v in amounts)
+    values["topup_delay_hours"] = r.get(raw, "topup_delay_hours", where, float, 18.0, check=lambda v: v > 0,
+                                        rule="topup_delay_hours must be > 0")
+    try:
+        return Residents(**values)
+    except ValueError as err:
+        raise r.fail(where, str(err)) from None
 
 
 def _start(r: _Reader, table: dict[str, Any], where: tuple[Any, ...]) -> datetime | None:

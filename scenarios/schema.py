@@ -145,6 +145,30 @@ class ProfileClass:
 
 
 @dataclass(frozen=True, slots=True)
+class Residents:
+    """How simulated residents of prepaid flats behave when their meter holds the credit
+    (meter billing: the meter deducts locally and trips its relay at zero).
+
+    Example: ``Residents(opening_yuan=(50, 300), topup_below_yuan=(10, 60))``
+    """
+
+    opening_yuan: tuple[float, float] = (50.0, 300.0)  #: opening credit, drawn in this range
+    topup_below_yuan: tuple[float, float] = (10.0, 60.0)  #: a resident's top-up trigger, drawn
+    topup_delay_hours: float = 18.0  #: median wait before topping up (lognormal; some wait days)
+    topup_yuan: tuple[float, ...] = (100.0, 200.0, 300.0, 500.0)  #: amounts residents pay
+
+    def __post_init__(self) -> None:
+        for name in ("opening_yuan", "topup_below_yuan"):
+            low, high = getattr(self, name)
+            if not 0 <= low <= high:
+                raise ValueError(f"{name} is [low, high] with 0 <= low <= high")
+        if not self.topup_delay_hours > 0:
+            raise ValueError("topup_delay_hours must be > 0")
+        if not self.topup_yuan or min(self.topup_yuan) <= 0:
+            raise ValueError("topup_yuan lists positive amounts")
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """A loaded scenario: the site plus what drives its simulation."""
 
@@ -158,3 +182,4 @@ class Scenario:
     interval_s: int = 900  #: history interval, seconds
     start: datetime | None = None  #: default start (site-local), None: the CLI default
     days: float | None = None  #: default length of a run in days
+    residents: Residents | None = None  #: simulated prepaid residents, None: meters hold no credit

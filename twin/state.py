@@ -30,6 +30,7 @@ FIELDS: dict[Kind, dict[str, tuple[tuple[str, str, float], ...]]] = {
             ("power_factor", "f4", np.nan),
             ("frequency_hz", "f4", np.nan),
             ("relay_closed", "i1", 1),
+            ("credit_fen", "i8", 0),  # the meter's own credit, in meter-billing mode
             ("online", "i1", 1),
         ),
         "desired": (("relay_closed", "i1", -1),),

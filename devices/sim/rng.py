@@ -23,7 +23,7 @@ _S11 = np.uint64(11)
 _INV53 = 1.0 / 9007199254740992.0  # 2**-53
 
 #: Purposes: separate streams for the same twin, so drawing one never shifts another.
-NOISE, DAILY, SIZE, WATER, INJECT = 1, 2, 3, 4, 5
+NOISE, DAILY, SIZE, WATER, INJECT, PREPAID = 1, 2, 3, 4, 5, 6
 
 
 @njit(cache=True, nogil=True, inline="always")

@@ -28,6 +28,7 @@ from numba import njit, prange
 
 from devices.sim import kernels, profiles
 from devices.sim.injections import PHYSICAL, Resolved, apply_reporting, resolve, window_times
+from devices.sim.prepaid import PrepaidMeters, meter_price_fen, resident_process
 from devices.sim.rng import DAILY, NOISE, SIZE, WATER, normal, twin_keys, uniform
 from scenarios.schema import ProfileClass, Scenario
 from twin.model import Kind, TwinSpec
@@ -144,6 +145,12 @@ class World:
             scenario.injections, scenario.random_injections, self.site.twins, self.column_of,
             self.group_row, self.start, self.days, step_s, self.interval_s, seed,
         )
+        self.prepaid: PrepaidMeters | None = None
+        if scenario.residents is not None:
+            e = self.groups["e"]
+            prices = np.array([meter_price_fen(scenario.tariffs.get(t.tariff or "")) for t in e])
+            self.prepaid = PrepaidMeters(scenario.residents, [t.id for t in e], [t.account for t in e],
+                                         np.array([t.prepaid for t in e], dtype=bool), prices, seed)
 
     # -- set-up -------------------------------------------------------------------------
 
@@ -299,7 +306,8 @@ class World:
         for inj in self.injections:
             self.env.process(self._injection(inj))
         self.env.process(self._stepper())
-        self.env.run()
+        # half a second past the end: what happens at the last instant runs, nothing later
+        self.env.run(until=self.run_steps * self.step_s + 0.5)
 
     def _later(self, delay: float, action: Callable[[], None]):  # type: ignore[no-untyped-def]
         yield self.env.timeout(delay)
@@ -408,10 +416,35 @@ class World:
     def _close_interval(self) -> None:
         i = self.interval_in_day
         row = self.true_day[i]
+        if self.prepaid is not None:
+            self._prepaid_interval()
         for group, acc in (("e", self.acc_e), ("w", self.acc_w), ("l", self.acc_l), ("s", self.acc_s)):
             row[self.cols[group]] = acc
             acc[:] = 0.0
         self.interval_in_day += 1
+
+    def _prepaid_interval(self) -> None:
+        """Meters deduct the interval's energy; residents below their threshold decide to
+        top up (a SimPy process each); meters at zero trip, meters back in credit close."""
+        meters = self.prepaid
+        assert meters is not None
+        meters.deduct(self.acc_e)
+        low, trip, restore = meters.due()
+        for row in low:
+            self.env.process(resident_process(self.env, meters, int(row), self._topped_up))
+        for row in trip:
+            self.set_relay(meters.ids[row], False, source="meter: credit exhausted")
+        for row in restore:
+            self.set_relay(meters.ids[row], True, source="meter: credit restored")
+
+    def _topped_up(self, row: int, fen: int) -> None:
+        meters = self.prepaid
+        assert meters is not None
+        twin = meters.ids[row]
+        self.events.append(Event(self.now_utc(), twin, "topup", str(fen), f"resident {meters.accounts[row]}"))
+        if meters.cut[row] and meters.credit_fen[row] > 0:
+            meters.cut[row] = False
+            self.set_relay(twin, True, source="meter: credit restored")
 
     def _close_day(self) -> None:
         n = self.interval_in_day
@@ -439,6 +472,9 @@ class World:
         last = day.reported[-1]
         online = ~np.isnan(last)
         hours = self.interval_s / 3600.0
+        if not hasattr(self, "_state_rows_e"):
+            table = self.state.tables[Kind.ELECTRIC_METER]
+            self._state_rows_e = np.array([table.row_of[t.id] for t in self.groups["e"]], dtype=np.int64)
         if not hasattr(self, "_state_cols"):
             self._state_cols = {
                 kind: np.array([self.column_of[i] for i in self.state.tables[kind].ids], dtype=np.int64)
@@ -464,6 +500,9 @@ class World:
         fields["frequency_hz"][:] = 50.0
         fields["power_factor"][:] = 0.95
         fields["current_a"][:] = fields["power_w"] / (220.0 * 0.95)
+        if self.prepaid is not None:
+            rows = self._state_rows_e
+            fields["credit_fen"][rows] = np.floor(self.prepaid.credit_fen).astype(np.int64)
 
     # -- ground truth -------------------------------------------------------------------
 

@@ -6,7 +6,7 @@ from collections.abc import Callable
 
 import pytest
 
-from scenarios.schema import Injection, RandomInjections, Scenario
+from scenarios.schema import Injection, RandomInjections, Residents, Scenario
 from twin.model import Building, Floor, Kind, Room, Site, TwinSpec
 
 
@@ -51,17 +51,17 @@ def build_site(buildings: int = 2, floors: int = 4, rooms: int = 4, profile: str
 
 
 def make_scenario(site: Site, injections: list[Injection] | None = None,
-                  randoms: list[RandomInjections] | None = None) -> Scenario:
+                  randoms: list[RandomInjections] | None = None, residents: Residents | None = None) -> Scenario:
     """A scenario around a hand-built site, with default profile classes."""
-    return Scenario("test", site, {}, {}, [], injections or [], randoms or [])
+    return Scenario("test", site, {}, {}, [], injections or [], randoms or [], residents=residents)
 
 
 @pytest.fixture(scope="session")
 def scenario_factory() -> Callable[..., Scenario]:
     """Build a test scenario: scenario_factory(injections=[...], buildings=1, ...)."""
 
-    def factory(injections: list[Injection] | None = None,
-                randoms: list[RandomInjections] | None = None, **site_args: int) -> Scenario:
-        return make_scenario(build_site(**site_args), injections, randoms)  # type: ignore[arg-type]
+    def factory(injections: list[Injection] | None = None, randoms: list[RandomInjections] | None = None,
+                residents: Residents | None = None, **site_args: int) -> Scenario:
+        return make_scenario(build_site(**site_args), injections, randoms, residents)  # type: ignore[arg-type]
 
     return factory

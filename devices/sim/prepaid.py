@@ -1,0 +1,101 @@
+"""Simulated prepaid meters and the residents who feed them (meter billing).
+
+A prepaid electric meter in meter-billing mode holds its own credit: it deducts what it
+measures at its own price, trips its relay when the credit reaches zero and closes it
+again once a top-up brings the credit back. Residents top up when the credit falls
+below their own threshold, after a wait that is usually hours and sometimes days; each
+top-up is a SimPy event of the world. The platform's ledger (billing) is not here: this
+is the device and the people in front of it.
+
+The meter's price is a single figure per kWh taken from its tariff table (`price_yuan`,
+or the first of `prices_yuan`, or the mean of band prices): simple meters deduct at one
+rate and the platform reconciles the difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from devices.sim.rng import PREPAID, normal, twin_keys, uniform
+from scenarios.schema import Residents
+
+DEFAULT_PRICE_FEN = 55.0
+
+
+def meter_price_fen(tariff: dict[str, Any] | None) -> float:
+    """The one price per kWh (fen) a simple prepaid meter deducts for a tariff table."""
+    if not tariff:
+        return DEFAULT_PRICE_FEN
+    if isinstance(tariff.get("price_yuan"), int | float):
+        return 100.0 * float(tariff["price_yuan"])
+    prices = tariff.get("prices_yuan")
+    if isinstance(prices, list) and prices and isinstance(prices[0], int | float):
+        return 100.0 * float(prices[0])
+    bands = tariff.get("bands")
+    if isinstance(bands, list):
+        values = [b.get("price_yuan") for b in bands if isinstance(b, dict)]
+        values = [v for v in values if isinstance(v, int | float)]
+        if values:
+            return 100.0 * float(np.mean(values))
+    return DEFAULT_PRICE_FEN
+
+
+class PrepaidMeters:
+    """Credit, price and pending top-ups of every prepaid electric sub-meter of a world."""
+
+    def __init__(self, residents: Residents, ids: list[str], accounts: list[str | None],
+                 prepaid: np.ndarray, prices_fen: np.ndarray, seed: int) -> None:
+        self.residents = residents
+        self.ids = ids
+        self.accounts = accounts
+        self.active = prepaid & np.array([a is not None for a in accounts], dtype=bool)
+        self.price_fen = prices_fen
+        self.keys = twin_keys(ids, seed, PREPAID)
+        low, high = residents.opening_yuan
+        draw = np.array([uniform(k, np.uint64(1)) for k in self.keys]) if len(ids) else np.zeros(0)
+        self.credit_fen = np.where(self.active, 100.0 * (low + (high - low) * draw), 0.0)
+        low, high = residents.topup_below_yuan
+        draw = np.array([uniform(k, np.uint64(2)) for k in self.keys]) if len(ids) else np.zeros(0)
+        self.threshold_fen = 100.0 * (low + (high - low) * draw)
+        self.pending = np.zeros(len(ids), dtype=bool)  # a top-up is on its way
+        self.cut = np.zeros(len(ids), dtype=bool)  # the meter tripped its own relay
+        self.topups = np.zeros(len(ids), dtype=np.int64)  # top-ups so far, the draw counter
+
+    def deduct(self, energy_kwh: np.ndarray) -> None:
+        """Take the measured energy of an interval off the credit."""
+        self.credit_fen -= np.where(self.active, energy_kwh * self.price_fen, 0.0)
+
+    def due(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Rows whose resident now decides to top up, rows to trip, rows to restore."""
+        low = np.flatnonzero(self.active & ~self.pending & (self.credit_fen < self.threshold_fen))
+        self.pending[low] = True
+        trip = np.flatnonzero(self.active & ~self.cut & (self.credit_fen <= 0.0))
+        self.cut[trip] = True
+        restore = np.flatnonzero(self.cut & (self.credit_fen > 0.0))
+        self.cut[restore] = False
+        return low, trip, restore
+
+    def delay_s(self, row: int) -> float:
+        """How long this resident waits before this top-up: lognormal around the median,
+        sigma 1 (a third of residents wait over twice the median)."""
+        z = normal(self.keys[row], np.uint64(100 + 2 * int(self.topups[row])))
+        return 3600.0 * self.residents.topup_delay_hours * float(np.exp(z))
+
+    def top_up(self, row: int) -> int:
+        """Apply the resident's next top-up; returns the amount in fen."""
+        amounts = self.residents.topup_yuan
+        pick = uniform(self.keys[row], np.uint64(101 + 2 * int(self.topups[row])))
+        fen = int(round(100 * amounts[min(int(pick * len(amounts)), len(amounts) - 1)]))
+        self.credit_fen[row] += fen
+        self.topups[row] += 1
+        self.pending[row] = False
+        return fen
+
+
+def resident_process(env: Any, meters: PrepaidMeters, row: int, on_topup: Callable[[int, int], None]):  # type: ignore[no-untyped-def]
+    """SimPy process: wait, then top up and tell the world (which restores a cut relay)."""
+    yield env.timeout(meters.delay_s(row))
+    on_topup(row, meters.top_up(row))
