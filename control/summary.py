@@ -244,6 +244,13 @@ def render(summary: RunSummary, timing: dict[str, float], out_dir: str) -> str:
     fig("water evening peak hour", "water_evening_peak_hour", "d", "")
     fig("elevator trips per elevator per day", "elevator_trips_per_day", ",.0f", "")
     fig("elevator kWh per trip", "elevator_kwh_per_trip", ".3f", "")
-    lines += ["", f"injections: {len(w.ground_truth())} (ground truth in {out_dir}/ground_truth.csv)",
+    if w.prepaid is not None:
+        topups = [int(e.value) for e in w.events if e.event == "topup"]
+        cuts = sum(1 for e in w.events if e.event == "relay" and e.value == "open" and e.source.startswith("meter"))
+        lines += ["", f"prepaid meters: {int(w.prepaid.active.sum()):,}; residents topped up {len(topups):,} times "
+                      f"({sum(topups) / 100:,.0f} yuan); {cuts:,} cut-offs at zero credit (events.csv)"]
+    kinds = sorted({str(g["kind"]) for g in w.ground_truth()})
+    lines += ["", f"injections: {len(w.ground_truth())} ({', '.join(kinds) or 'none'}; "
+                  f"ground truth in {out_dir}/ground_truth.csv)",
               f"history: {out_dir}"]
     return "\n".join(lines)

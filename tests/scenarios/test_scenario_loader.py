@@ -166,6 +166,14 @@ def test_unknown_injection_twin_and_kind_are_refused():
         load_scenario_text(BASE + '[[inject]]\ntwin = "B01-01-01.wm"\nkind = "leak"\nstart = "1d"\nflow = 3\n')
 
 
+def test_residents_table():
+    """[residents] sets the prepaid behaviour; a malformed range is refused by field."""
+    s = load_scenario_text(BASE + "[residents]\nopening_yuan = [20, 200]\ntopup_yuan = [50, 100]\n")
+    assert s.residents.opening_yuan == (20.0, 200.0) and s.residents.topup_yuan == (50.0, 100.0)
+    with pytest.raises(ScenarioError, match=r"residents.opening_yuan: give \[low, high\]"):
+        load_scenario_text(BASE + "[residents]\nopening_yuan = 20\n")
+
+
 def test_a_missing_file_is_a_scenario_error(tmp_path):
     """A path that does not exist is reported as such, not as a traceback."""
     with pytest.raises(ScenarioError, match="no such file"):
