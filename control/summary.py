@@ -77,7 +77,7 @@ class RunSummary:
         self.day_weekend.append(bool(day.interval_weekend[len(day.interval_weekend) // 2]))
         self.day_month.append(int(day.interval_month[len(day.interval_month) // 2]))
         self.day_hours.append(day.true.shape[0] * self.world.interval_s / 3600.0)
-        sums = np.nansum(day.reported, axis=0, dtype=np.float64)
+        sums = np.asarray(np.nansum(day.reported, axis=0, dtype=np.float64))
         for (building, key), cols in self.groups.items():
             totals = self.buildings[building]
             value = float(sums[cols].sum())

@@ -514,7 +514,6 @@ class _Builder:
                 raise r.fail((*where, "ids"), str(err)) from None
         else:
             ids = [r.get(raw, "id", where, str)]
-        positive = {"check": lambda v: v > 0, "rule": "must be > 0"}
         floors = r.get(raw, "floors", where, int, check=lambda v: 0 < v <= 200, rule="floors must be 1..200")
         per_floor = r.get(raw, "rooms_per_floor", where, int, check=lambda v: 0 < v <= 99,
                           rule="rooms_per_floor must be 1..99")
@@ -525,7 +524,8 @@ class _Builder:
                 raise r.fail((*where, "room_area_m2"), f"give one positive area per room number ({per_floor})")
             areas = [float(a) for a in areas]
         else:
-            area = r.get(raw, "room_area_m2", where, float, 90.0, **positive)
+            area = r.get(raw, "room_area_m2", where, float, 90.0, check=lambda v: v > 0,
+                         rule="room_area_m2 must be > 0")
             areas = [area] * per_floor
         use = r.get(raw, "use", where, str, "flat", check=("flat", "shop").__contains__, rule="use is flat or shop")
         profile = self._profile(r.get(raw, "profile", where, str, "household"), (*where, "profile"))

@@ -36,8 +36,8 @@ def meter_price_fen(tariff: dict[str, Any] | None) -> float:
         return 100.0 * float(prices[0])
     bands = tariff.get("bands")
     if isinstance(bands, list):
-        values = [b.get("price_yuan") for b in bands if isinstance(b, dict)]
-        values = [v for v in values if isinstance(v, int | float)]
+        values = [float(b["price_yuan"]) for b in bands
+                  if isinstance(b, dict) and isinstance(b.get("price_yuan"), int | float)]
         if values:
             return 100.0 * float(np.mean(values))
     return DEFAULT_PRICE_FEN

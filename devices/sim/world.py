@@ -468,7 +468,7 @@ class World:
     def _feed_twins(self, day: DayResult) -> None:
         """Write the day's reports into the twins' reported state, stamped at its end."""
         ts = day.first_utc + day.reported.shape[0] * self.interval_s
-        sums = np.nansum(day.reported, axis=0, dtype=np.float64)
+        sums = np.asarray(np.nansum(day.reported, axis=0, dtype=np.float64))
         last = day.reported[-1]
         online = ~np.isnan(last)
         hours = self.interval_s / 3600.0
