@@ -37,6 +37,9 @@ from twin.model import Kind, TwinSpec
 
 PHYSICAL = frozenset({"leak", "valve_stuck_open", "elevator_drift", "off_schedule"})
 WHOLE_DAYS = frozenset({"h2", "h3", "h4", "h5", "h6"})
+#: Thefts that rewrite a whole day's readings (they need the day's mean or order), so
+#: their meters' reports for a day are final only when the day ends.
+WHOLE_DAY_REPORTS = frozenset({"h4", "h5", "h6"})
 
 
 @dataclass

@@ -27,7 +27,7 @@ import simpy
 from numba import njit, prange
 
 from devices.sim import kernels, profiles
-from devices.sim.injections import PHYSICAL, Resolved, apply_reporting, resolve, window_times
+from devices.sim.injections import PHYSICAL, WHOLE_DAY_REPORTS, Resolved, apply_reporting, resolve, window_times
 from devices.sim.prepaid import PrepaidMeters, meter_price_fen, resident_process
 from devices.sim.rng import DAILY, NOISE, SIZE, WATER, normal, twin_keys, uniform
 from scenarios.schema import ProfileClass, Scenario
@@ -114,7 +114,7 @@ class World:
     """
 
     def __init__(self, scenario: Scenario, *, seed: int = 0, start: datetime | None = None,
-                 days: float = 1.0, step_s: int = 60) -> None:
+                 days: float = 1.0, step_s: int = 60, feed_every_interval: bool = False) -> None:
         self.scenario = scenario
         self.site = scenario.site
         self.seed = seed
@@ -136,6 +136,7 @@ class World:
             raise ValueError("a run needs at least one interval: raise --days")
         self.days = self.run_steps / self.spd
         self.state = FleetState.from_site(self.site)
+        self.feed_every_interval = feed_every_interval  # live platforms: twins move each interval
         self.events: list[Event] = []
         self.kernel_seconds = 0.0
         self.step = 0
@@ -230,6 +231,9 @@ class World:
             if t.master in feeders:
                 feeders[t.master].append(self.column_of[t.id])
         self.feeders = [np.array(feeders[t.id], dtype=np.int64) for t in pick["m"]]
+        self.fed_cols = np.concatenate([f for f in self.feeders] or [np.zeros(0, dtype=np.int64)])
+        self.fed_master = np.concatenate([np.full(f.size, j, dtype=np.int64) for j, f in enumerate(self.feeders)]
+                                         or [np.zeros(0, dtype=np.int64)])
         self.loss_pct = param(pick["m"], "loss_pct", 0.0) / 100.0
         fixed_kw = param(pick["m"], "fixed_loss_w", 0.0) / 1000.0
         electric_master = np.array([t.utility == "electric" for t in pick["m"]])
@@ -391,6 +395,8 @@ class World:
                 days_in = (self.day_first_step - inj.start_step) / self.spd + 1.0
                 self.trip_kwh[inj.row] *= 1.0 + inj.params["growth_per_day"] * days_in
         self.true_day = np.zeros((self.ipd, len(self.columns)))
+        self.reported_day = np.full((self.ipd, len(self.columns)), np.nan, dtype=np.float32)
+        self.loss_day = np.zeros((len(self.feeders), self.ipd))
         self.interval_in_day = 0
 
     def _advance(self, s0: int, s1: int) -> None:
@@ -414,6 +420,8 @@ class World:
         return n * self.step
 
     def _close_interval(self) -> None:
+        """The interval is over: its truth, the masters' readings and what every meter
+        reports (all but the whole-day thefts h4..h6, which wait for the day's end)."""
         i = self.interval_in_day
         row = self.true_day[i]
         if self.prepaid is not None:
@@ -421,7 +429,24 @@ class World:
         for group, acc in (("e", self.acc_e), ("w", self.acc_w), ("l", self.acc_l), ("s", self.acc_s)):
             row[self.cols[group]] = acc
             acc[:] = 0.0
+        fed = np.bincount(self.fed_master, weights=row[self.fed_cols], minlength=len(self.feeders))
+        loss = self.fixed_loss + self.loss_pct * fed
+        row[self.cols["m"]] = fed + loss
+        self.loss_day[:, i] = loss
+        reported = self.reported_day[i]
+        reported[:] = row
+        first_step = self.day_first_step + i * self.spi
+        minute = self.interval_minute[i:i + 1]
+        for inj in self.injections:
+            if inj.kind in PHYSICAL or inj.kind in WHOLE_DAY_REPORTS:
+                continue
+            if inj.start_step <= first_step < inj.end_step:
+                c = inj.column
+                apply_reporting(inj, row[c:c + 1], reported[c:c + 1], first_step, self.spi, minute, self.run_steps)
         self.interval_in_day += 1
+        if self.feed_every_interval:
+            ts = self.start_utc + (first_step + self.spi) * self.step_s
+            self._feed_twins(np.nan_to_num(reported).astype(np.float64), reported, ts)
 
     def _prepaid_interval(self) -> None:
         """Meters deduct the interval's energy; residents below their threshold decide to
@@ -447,29 +472,29 @@ class World:
             self.set_relay(twin, True, source="meter: credit restored")
 
     def _close_day(self) -> None:
+        """The run-day is over: the whole-day thefts rewrite their meters' day, and the
+        day goes to `on_day`."""
         n = self.interval_in_day
-        true = self.true_day[:n]
-        loss = np.zeros((len(self.feeders), n))
-        for j, (col, feeds) in enumerate(zip(self.cols["m"], self.feeders, strict=True)):
-            fed = true[:, feeds].sum(axis=1)
-            loss[j] = self.fixed_loss[j] + self.loss_pct[j] * fed
-            true[:, col] = fed + loss[j]
-        reported = true.astype(np.float32)
+        true, reported = self.true_day[:n], self.reported_day[:n]
+        before = reported.copy() if self.feed_every_interval else None
         for inj in self.injections:
-            if inj.kind not in PHYSICAL:
+            if inj.kind in WHOLE_DAY_REPORTS:
                 apply_reporting(inj, true[:, inj.column], reported[:, inj.column],
                                 self.day_first_step, self.spi, self.interval_minute[:n], self.run_steps)
         first_utc = self.start_utc + self.day_first_step * self.step_s
-        day = DayResult(self.day, first_utc, true, reported, loss, self.interval_minute[:n],
+        day = DayResult(self.day, first_utc, true, reported, self.loss_day[:, :n], self.interval_minute[:n],
                         self.interval_weekend[:n], self.interval_month[:n])
-        self._feed_twins(day)
+        ts = first_utc + n * self.interval_s
+        if before is None:
+            self._feed_twins(np.asarray(np.nansum(reported, axis=0, dtype=np.float64)), reported[-1], ts)
+        else:  # twins moved every interval; the tampered daily uploads correct the registers now
+            delta = np.nansum(reported, axis=0, dtype=np.float64) - np.nansum(before, axis=0, dtype=np.float64)
+            self._feed_twins(np.asarray(delta), reported[-1], ts)
         self.on_day(day)
 
-    def _feed_twins(self, day: DayResult) -> None:
-        """Write the day's reports into the twins' reported state, stamped at its end."""
-        ts = day.first_utc + day.reported.shape[0] * self.interval_s
-        sums = np.asarray(np.nansum(day.reported, axis=0, dtype=np.float64))
-        last = day.reported[-1]
+    def _feed_twins(self, sums: np.ndarray, last: np.ndarray, ts: int) -> None:
+        """Add `sums` ([columns], kWh or m3) to the twins' registers; power or flow from
+        `last` (the last interval's readings); stamp the reports `ts`."""
         online = ~np.isnan(last)
         hours = self.interval_s / 3600.0
         if not hasattr(self, "_state_rows_e"):
@@ -486,23 +511,22 @@ class World:
             cols = self._state_cols[kind]
             ok = online[cols]
             rows = np.flatnonzero(ok)
-            reported = table.faces["reported"]
-            reported[register][:] += sums[cols]
+            fields = table.faces["reported"]
+            fields[register][:] += sums[cols]
             rate = np.where(ok, last[cols], 0.0) / hours
             if kind is Kind.WATER_METER:
-                reported["flow_m3h"][:] = rate
+                fields["flow_m3h"][:] = rate
             else:
-                reported["power_w"][:] = rate * 1000.0
+                fields["power_w"][:] = rate * 1000.0
+            fields["online"][:] = ok
             table.stamps["reported"][rows] = ts
-        table = self.state.tables[Kind.ELECTRIC_METER]
-        fields = table.faces["reported"]
+        fields = self.state.tables[Kind.ELECTRIC_METER].faces["reported"]
         fields["voltage_v"][:] = 220.0
         fields["frequency_hz"][:] = 50.0
         fields["power_factor"][:] = 0.95
         fields["current_a"][:] = fields["power_w"] / (220.0 * 0.95)
         if self.prepaid is not None:
-            rows = self._state_rows_e
-            fields["credit_fen"][rows] = np.floor(self.prepaid.credit_fen).astype(np.int64)
+            fields["credit_fen"][self._state_rows_e] = np.floor(self.prepaid.credit_fen).astype(np.int64)
 
     # -- ground truth -------------------------------------------------------------------
 

@@ -180,3 +180,18 @@ def test_bad_inputs_are_refused_with_a_reason(scenario_factory):
         World(scenario_factory(buildings=1), step_s=7 * 60)
     with pytest.raises(ValueError, match="interval boundary"):
         World(scenario_factory(buildings=1), start=datetime(2026, 1, 1, 0, 7))
+
+
+@pytest.mark.parametrize("live", [False, True])
+def test_twin_registers_add_up_what_was_reported(scenario_factory, live):
+    """Whether twins are fed every interval (live) or once a day, each register ends at
+    the sum of everything its meter reported, whole-day thefts and outages included."""
+    randoms = [RandomInjections(("h4", "h5", "h6", "offline", "jump", "h1"), per_kind=1, first_day=0,
+                                last_day=1, min_days=0.5, max_days=1.5)]
+    world = World(scenario_factory(randoms=randoms, buildings=1), seed=3, days=3, feed_every_interval=live)
+    _, reported, _ = stack(run(world))
+    sums = np.nansum(reported.astype(np.float64), axis=0)
+    for kind, register in (("electric_meter", "energy_kwh"), ("water_meter", "volume_m3")):
+        table = next(t for k, t in world.state.tables.items() if k.value == kind)
+        cols = [world.column_of[i] for i in table.ids]
+        np.testing.assert_allclose(table.faces["reported"][register], sums[cols], rtol=1e-9, atol=1e-9)
