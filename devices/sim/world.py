@@ -114,7 +114,7 @@ class World:
     """
 
     def __init__(self, scenario: Scenario, *, seed: int = 0, start: datetime | None = None,
-                 days: float = 1.0, step_s: int = 60, feed_every_interval: bool = False) -> None:
+                 days: float = 1.0, step_s: int = 60, live: bool = False) -> None:
         self.scenario = scenario
         self.site = scenario.site
         self.seed = seed
@@ -136,7 +136,10 @@ class World:
             raise ValueError("a run needs at least one interval: raise --days")
         self.days = self.run_steps / self.spd
         self.state = FleetState.from_site(self.site)
-        self.feed_every_interval = feed_every_interval  # live platforms: twins move each interval
+        #: live: twins are fed every interval (power every step), and the fleet moves one step
+        #: at a time so a command acts from the next step; headless: a day at a time, fast
+        self.live = live
+        self.feed_every_interval = live
         self.events: list[Event] = []
         self.kernel_seconds = 0.0
         self.step = 0
@@ -302,6 +305,11 @@ class World:
 
     def run(self, on_day: Callable[[DayResult], None]) -> None:
         """Run the whole simulation, handing each finished run-day to `on_day`."""
+        self.begin(on_day)
+        self.advance_to(self.end_s + 0.5)
+
+    def begin(self, on_day: Callable[[DayResult], None]) -> None:
+        """Set the world going at its start; `advance_to` then moves it (live use)."""
         self.env = simpy.Environment()
         self.on_day = on_day
         for delay, action in self._pending:
@@ -310,8 +318,23 @@ class World:
         for inj in self.injections:
             self.env.process(self._injection(inj))
         self.env.process(self._stepper())
-        # half a second past the end: what happens at the last instant runs, nothing later
-        self.env.run(until=self.run_steps * self.step_s + 0.5)
+
+    @property
+    def end_s(self) -> float:
+        """Seconds from the start to the end of the run."""
+        return float(self.run_steps * self.step_s)
+
+    @property
+    def now_s(self) -> float:
+        """Seconds of simulated time since the start."""
+        return float(self.env.now) if hasattr(self, "env") else 0.0
+
+    def advance_to(self, t_s: float) -> None:
+        """Move simulated time to `t_s` seconds after the start (at most the run's end).
+        Half a second past the end is run too, so what happens at the last instant runs."""
+        until = min(t_s, self.end_s + 0.5)
+        if until > self.env.now:
+            self.env.run(until=until)
 
     def _later(self, delay: float, action: Callable[[], None]):  # type: ignore[no-untyped-def]
         yield self.env.timeout(delay)
@@ -328,7 +351,11 @@ class World:
             next_interval = (self.step // self.spi + 1) * self.spi
             next_event = int(-(-env.peek() // self.step_s)) if env.peek() < float("inf") else next_interval
             stop = min(next_interval, max(next_event, self.step + 1), self.run_steps)
+            if self.live:
+                stop = self.step + 1
             self._advance(self.step, stop)
+            if self.live:
+                self._feed_power()
             yield env.timeout((stop - self.step) * self.step_s)
             self.step = stop
             if stop % self.spi == 0:
@@ -491,6 +518,15 @@ class World:
             delta = np.nansum(reported, axis=0, dtype=np.float64) - np.nansum(before, axis=0, dtype=np.float64)
             self._feed_twins(np.asarray(delta), reported[-1], ts)
         self.on_day(day)
+
+    def _feed_power(self) -> None:
+        """Live: electric meters report the power of the step just simulated."""
+        if not hasattr(self, "_state_rows_e"):
+            table = self.state.tables[Kind.ELECTRIC_METER]
+            self._state_rows_e = np.array([table.row_of[t.id] for t in self.groups["e"]], dtype=np.int64)
+        table = self.state.tables[Kind.ELECTRIC_METER]
+        table.faces["reported"]["power_w"][self._state_rows_e] = self.power_e * 1000.0
+        table.stamps["reported"][self._state_rows_e] = self.now_utc() + self.step_s
 
     def _feed_twins(self, sums: np.ndarray, last: np.ndarray, ts: int) -> None:
         """Add `sums` ([columns], kWh or m3) to the twins' registers; power or flow from

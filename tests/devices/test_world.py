@@ -188,10 +188,25 @@ def test_twin_registers_add_up_what_was_reported(scenario_factory, live):
     the sum of everything its meter reported, whole-day thefts and outages included."""
     randoms = [RandomInjections(("h4", "h5", "h6", "offline", "jump", "h1"), per_kind=1, first_day=0,
                                 last_day=1, min_days=0.5, max_days=1.5)]
-    world = World(scenario_factory(randoms=randoms, buildings=1), seed=3, days=3, feed_every_interval=live)
+    world = World(scenario_factory(randoms=randoms, buildings=1), seed=3, days=3, live=live)
     _, reported, _ = stack(run(world))
     sums = np.nansum(reported.astype(np.float64), axis=0)
     for kind, register in (("electric_meter", "energy_kwh"), ("water_meter", "volume_m3")):
         table = next(t for k, t in world.state.tables.items() if k.value == kind)
         cols = [world.column_of[i] for i in table.ids]
         np.testing.assert_allclose(table.faces["reported"][register], sums[cols], rtol=1e-9, atol=1e-9)
+
+
+def test_live_world_moves_a_step_at_a_time_and_a_trip_shows_at_once(scenario_factory):
+    """A live world advances to any simulated time one step at a time; a relay opened
+    mid-step stops the load from the next step, and the meter reports zero power."""
+    world = World(scenario_factory(buildings=1), days=1, live=True, start=datetime(2026, 3, 2))
+    world.begin(lambda day: None)
+    world.advance_to(19 * 3600 + 30)
+    twin = "B01-01-01.em"
+    assert world.state.twin(twin).reported["power_w"] > 0
+    world.set_relay(twin, False)
+    world.advance_to(19 * 3600 + 120)
+    assert world.step == 19 * 60 + 2
+    assert world.state.twin(twin).reported["power_w"] == 0
+    assert world.state.twin(twin).reported["relay_closed"] == 0
