@@ -269,10 +269,27 @@ class World:
         """The world's clock as UTC epoch seconds."""
         return self.start_utc + int(self.env.now) if hasattr(self, "env") else self.start_utc
 
+    def write(self, twin_id: str, field: str, value: int, source: str) -> None:
+        """Write a control point, as a command does: `relay_closed` of an electric meter or
+        `open` of a valve. A meter that is offline (comms lost) never gets the write."""
+        if field == "relay_closed":
+            self.set_relay(twin_id, bool(value), source)
+        elif field == "open":
+            self.set_valve(twin_id, bool(value), source)
+        else:
+            raise KeyError(f"{field!r} is not a control point of the simulated world")
+
+    def _unreachable(self, twin_id: str) -> bool:
+        kind, row = self.state.locate(twin_id)
+        return not self.state.tables[kind].faces["reported"]["online"][row]
+
     def set_relay(self, twin_id: str, closed: bool, source: str = "operator") -> None:
         """Close or open the relay of an electric meter: an open relay stops its load."""
         if twin_id not in self.group_row or self.site_kind(twin_id) is not Kind.ELECTRIC_METER:
             raise KeyError(f"{twin_id!r} is not an electric sub-meter of this site")
+        if self._unreachable(twin_id):
+            self.events.append(Event(self.now_utc(), twin_id, "relay", "unreachable", source))
+            return
         row = self.group_row[twin_id]
         self.on_e[row] = 1 if closed else 0
         kind, srow = self.state.locate(twin_id)

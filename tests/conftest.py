@@ -1,4 +1,4 @@
-"""Small hand-built sites for world tests, independent of the scenario loader."""
+"""Shared fixtures: small hand-built sites and scenarios, independent of the scenario loader."""
 
 from __future__ import annotations
 
