@@ -17,7 +17,8 @@ from __future__ import annotations
 import sqlite3
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from enum import StrEnum
 from typing import Protocol
 
@@ -93,7 +94,7 @@ class Command:
     sent: float | None = None  #: when it was (last) sent
     done: float | None = None  #: when it reached a final state
     batch: str | None = None  #: the batch task it belongs to, if any
-    events: list[dict[str, object]] = field(default_factory=list)  #: transitions, oldest first
+    events: list[dict[str, object]] = dataclass_field(default_factory=list)  #: transitions, oldest first
 
     @property
     def open(self) -> bool:

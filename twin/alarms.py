@@ -119,7 +119,8 @@ class AlarmBook:
             self._open.pop(alarm.subject, None)
         return alarm
 
-    def clear_subject(self, kind: str, *, at: float, twin: str | None = None, account: str | None = None) -> Alarm | None:
+    def clear_subject(self, kind: str, *, at: float, twin: str | None = None,
+                      account: str | None = None) -> Alarm | None:
         """Clear the open alarm of this kind on this subject, if any (the condition ended)."""
         alarm_id = self._open.get((kind, twin or f"account:{account}"))
         return None if alarm_id is None else self.clear(alarm_id, by="platform", at=at)
