@@ -25,6 +25,27 @@ DIR/events.csv and DIR/summary.json, then prints the summary: twins, speed, ener
 and water per building, master-meter balance, and the load-shape figures.""",
 }
 
+EXAMPLES["run"] = """\
+examples:
+  metertwin run                                   # the demo community at 60x, http://127.0.0.1:8050
+  metertwin run scenarios/district-10k.toml --speed 120 --data /srv/mt --port 8060
+  metertwin run --start 2026-07-01                # a summer day, from midnight
+
+On first start it makes an admin user and an admin API key, prints both once and writes
+them to DATA/admin.password and DATA/admin.key (owner-only). A restart with the same
+--data resumes the world where it stopped, with history, commands and alarms intact.
+API: http://127.0.0.1:PORT/api/docs. Ctrl-C or SIGTERM stops it cleanly."""
+EXAMPLES["keys"] = """\
+examples:
+  metertwin keys create --role viewer --name scada     # prints the key once
+  metertwin keys list
+  metertwin keys revoke 1a2b3c4d"""
+EXAMPLES["users"] = """\
+examples:
+  metertwin users add alice --role operator           # asks for the password
+  echo 'a long passphrase' | metertwin users add bob --role viewer --password-stdin
+  metertwin users list"""
+
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|sec|min|m|h)?\s*$")
 
 
@@ -87,6 +108,46 @@ def build_parser() -> argparse.ArgumentParser:
                      help="output directory (default out/<scenario name>)")
     sim.add_argument("--force", action="store_true", help="replace DIR if it holds an earlier run")
     sim.add_argument("--quiet", action="store_true", help="no progress line")
+
+    run = commands.add_parser(
+        "run", help="run the live platform: world, twins, commands, alarms, API",
+        description="Run the live platform on one asyncio loop: the scenario's simulated world in scaled "
+                    "real time, the twins, commands, alarms and periodic tasks, and HTTP on 127.0.0.1.",
+        epilog=EXAMPLES["run"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    run.add_argument("scenario", metavar="SCENARIO", nargs="?", default="scenarios/demo-community.toml",
+                     help="scenario TOML file (default scenarios/demo-community.toml)")
+    run.add_argument("--data", default="data", metavar="DIR", help="data directory (default ./data)")
+    run.add_argument("--port", type=int, default=8050, help="HTTP port on 127.0.0.1 (default 8050)")
+    run.add_argument("--speed", type=float, default=60.0, help="simulated seconds per wall second (default 60)")
+    run.add_argument("--start", type=parse_start, default=None,
+                     help="site-local start of a new world (default: now); ignored when resuming")
+    run.add_argument("--seed", type=int, default=0, help="random seed of a new world (default 0)")
+
+    data_help = "data directory of the platform (default ./data)"
+    keys = commands.add_parser("keys", help="make, list and revoke API keys",
+                               description="Manage API keys in a data directory.", epilog=EXAMPLES["keys"],
+                               formatter_class=argparse.RawDescriptionHelpFormatter)
+    keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
+    create = keys_sub.add_parser("create", help="make a key and print it once")
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    create.add_argument("--name", default="cli", help="what the key is for")
+    create.add_argument("--data", default="data", metavar="DIR", help=data_help)
+    listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    listing.add_argument("--data", default="data", metavar="DIR", help=data_help)
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
+    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke.add_argument("--data", default="data", metavar="DIR", help=data_help)
+
+    users = commands.add_parser("users", help="add and list users", description="Manage users in a data directory.",
+                                epilog=EXAMPLES["users"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    users_sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
+    add = users_sub.add_parser("add", help="add a user")
+    add.add_argument("name", metavar="NAME")
+    add.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
+    add.add_argument("--data", default="data", metavar="DIR", help=data_help)
+    ulist = users_sub.add_parser("list", help="list users")
+    ulist.add_argument("--data", default="data", metavar="DIR", help=data_help)
     return parser
 
 
@@ -100,13 +161,88 @@ def cmd_simulate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run `metertwin run` until Ctrl-C or SIGTERM."""
+    import asyncio
+    import logging
+
+    from control.runtime import Platform
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    print(f"metertwin: loading {args.scenario} (data in {args.data})", file=sys.stderr)
+    platform = Platform(args.scenario, args.data, speed=args.speed, start=args.start, seed=args.seed)
+    if platform.world.now_s > 0:
+        print(f"metertwin: resumed the world at {platform.health()['sim_time']} "
+              f"(replayed in {platform.replay_seconds:.1f}s)", file=sys.stderr)
+    made = platform.auth.ensure_admin(platform.data)
+    if made is not None:
+        password, key = made
+        print("metertwin: first start: made the admin user and key; they are shown this once and kept in "
+              f"{platform.data}/admin.password and {platform.data}/admin.key", file=sys.stderr)
+        print(f"  admin password: {password}\n  admin API key:  {key}", file=sys.stderr)
+    print(f"metertwin: {platform.scenario.site.name or platform.scenario.site.id} live at "
+          f"http://127.0.0.1:{args.port} (API docs at /api/docs), {args.speed:g}x; Ctrl-C stops",
+          file=sys.stderr, flush=True)
+    asyncio.run(platform.serve(port=args.port))
+    print("metertwin: stopped cleanly; the world, commands and alarms are saved", file=sys.stderr)
+    return 0
+
+
+def _auth(data: str):  # type: ignore[no-untyped-def]
+    from pathlib import Path
+
+    from control.auth import Auth
+    from control.store import Store
+
+    path = Path(data) / "control.sqlite"
+    if not path.exists():
+        raise FileNotFoundError(f"{data} holds no platform yet: start `metertwin run --data {data}` once first")
+    return Auth(Store(path))
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """`metertwin keys create|list|revoke`."""
+    from control.auth import Role
+
+    auth = _auth(args.data)
+    if args.keys_command == "create":
+        print(auth.create_key(args.name, Role.parse(args.role)))
+    elif args.keys_command == "list":
+        for key in auth.keys():
+            state = "revoked" if key["revoked"] else "live"
+            print(f"{key['id']}  {key['role']:<8} {state:<8} {key['name']}")
+    else:
+        auth.revoke_key(args.key_id)
+        print(f"revoked {args.key_id}")
+    return 0
+
+
+def cmd_users(args: argparse.Namespace) -> int:
+    """`metertwin users add|list`."""
+    import getpass
+
+    from control.auth import Role
+
+    auth = _auth(args.data)
+    if args.users_command == "add":
+        password = sys.stdin.readline().rstrip("\n") if args.password_stdin else getpass.getpass("password: ")
+        auth.add_user(args.name, Role.parse(args.role), password)
+        print(f"added {args.name} ({args.role})")
+    else:
+        for user in auth.users():
+            print(f"{user['name']:<20} {user['role']:<8} {'disabled' if user['disabled'] else ''}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     from scenarios.loader import ScenarioError
 
     args = build_parser().parse_args(argv)
     try:
-        return {"simulate": cmd_simulate}[args.command](args)
+        handlers = {"simulate": cmd_simulate, "run": cmd_run, "keys": cmd_keys, "users": cmd_users}
+        return handlers[args.command](args)
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

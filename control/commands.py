@@ -187,6 +187,7 @@ class CommandBook:
         for command in list(self.open.values()):
             if command.state is CommandState.SENT and self._confirmed(command):
                 self._finish(command, CommandState.CONFIRMED, now, "device", None)
+                self.fleet.desire(command.twin, command.field, -1, int(now))  # applied: no gap left
                 changed.append(command)
             elif now > command.deadline:
                 self._finish(command, CommandState.FAILED, now, "platform", self._why_not(command))

@@ -1,0 +1,277 @@
+"""The live platform: one process, one asyncio loop, one clock.
+
+`Platform` composes the simulated world (stepped in scaled real time), the twins' state,
+the history, the command book, the alarm book, users and keys, and the periodic tasks
+that later parts (billing, analytics, history, policies) register. `serve()` runs it with
+the HTTP server (API and health page) in the same loop until SIGINT or SIGTERM.
+
+The world moves in a worker thread (its Numba kernels release the GIL), under a lock
+that every handler touching the world or the commands takes too, so the loop never stalls
+on a kernel and never sees a half-moved world.
+
+Restart: the world is deterministic, so its snapshot is the scenario, the seed, the start,
+the simulated time reached and every write made to it from outside (commands). On start
+the platform rebuilds the world and replays it to that time, writes included, then goes
+on live; history rows of the replayed days are rewritten identically.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from zoneinfo import ZoneInfo
+
+from control.auth import Auth
+from control.commands import Command, CommandBook
+from control.store import Store
+from devices.sim.world import DayResult, World
+from scenarios.loader import load_scenario
+from twin.alarms import AlarmBook, Severity
+from twin.history import HistoryWriter, Topology
+from twin.model import Kind
+
+log = logging.getLogger("metertwin")
+
+WRITES_SCHEMA = """
+CREATE TABLE IF NOT EXISTS world_writes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, sim_s REAL NOT NULL, twin TEXT NOT NULL, field TEXT NOT NULL,
+    value INTEGER NOT NULL, source TEXT NOT NULL
+);
+"""
+#: The world runs for ten years at most; a live demo never gets there.
+LIVE_DAYS = 3650
+#: Wall seconds between ticks of the loop, and between saves of the simulated time.
+TICK_S = 0.2
+SAVE_S = 2.0
+
+
+@dataclass
+class PeriodicTask:
+    """A job run every `every_s` seconds of platform time. `run(now_utc)` is called in a
+    worker thread under the platform lock. Example: ``PeriodicTask("offline", 900, check)``."""
+
+    name: str  #: shown in logs and /api/health
+    every_s: float  #: period in platform seconds
+    run: Callable[[float], None]  #: the job
+    next_due: float = 0.0  #: platform UTC time it runs next
+    runs: int = 0  #: how many times it ran
+    last_error: str | None = None  #: the last failure, if any
+
+
+class SimClock:
+    """Simulated time moving at `speed` times wall time from `sim_s` now."""
+
+    def __init__(self, sim_s: float, speed: float) -> None:
+        self.speed = speed
+        self.base_sim = sim_s
+        self.base_wall = time.monotonic()
+
+    def sim_s(self) -> float:
+        """Seconds since the world's start, now."""
+        return self.base_sim + (time.monotonic() - self.base_wall) * self.speed
+
+
+class RecordingDevice:
+    """The command path's device: writes go to the world and are kept for replay."""
+
+    def __init__(self, platform: Platform) -> None:
+        self.platform = platform
+
+    def write(self, twin_id: str, field: str, value: int, source: str) -> None:
+        """Record the write at the world's time, then apply it."""
+        world = self.platform.world
+        with self.platform.store.write() as db:
+            db.execute("INSERT INTO world_writes(sim_s, twin, field, value, source) VALUES (?, ?, ?, ?, ?)",
+                       (world.now_s, twin_id, field, value, source))
+        world.write(twin_id, field, value, source)
+
+
+def aligned_now(timezone: str, interval_s: int) -> datetime:
+    """The current site-local time, rounded down to an interval boundary (naive)."""
+    now = int(time.time())
+    now -= now % interval_s
+    return datetime.fromtimestamp(now, tz=ZoneInfo(timezone)).replace(tzinfo=None)
+
+
+class Platform:
+    """Everything `metertwin run` runs, built and resumed from a data directory."""
+
+    def __init__(self, scenario_path: str, data_dir: str | Path, *, speed: float = 60.0,
+                 start: datetime | None = None, seed: int = 0) -> None:
+        self.data = Path(data_dir)
+        self.data.mkdir(parents=True, exist_ok=True)
+        self.scenario_path = scenario_path
+        self.scenario = load_scenario(scenario_path)
+        self.twin_specs = {t.id: t for t in self.scenario.site.twins}
+        self.store = Store(self.data / "control.sqlite")
+        self.store.db.executescript(WRITES_SCHEMA)
+        self.auth = Auth(self.store)
+        saved = self.store.get_meta("world")
+        if saved:
+            snap = json.loads(saved)
+            if snap["scenario"] != Path(scenario_path).name:
+                raise ValueError(f"{self.data} holds a run of {snap['scenario']}, not {Path(scenario_path).name}: "
+                                 "use another --data directory")
+            seed, start, resume_s = int(snap["seed"]), datetime.fromisoformat(snap["start"]), float(snap["sim_s"])
+        else:
+            start = start or aligned_now(self.scenario.site.timezone, self.scenario.interval_s)
+            resume_s = 0.0
+        self.seed, self.speed = seed, speed
+        self.world = World(self.scenario, seed=seed, start=start, days=LIVE_DAYS, live=True)
+        self.store.set_meta("world", json.dumps({"scenario": Path(scenario_path).name, "seed": seed,
+                                                 "start": self.world.start.isoformat(), "sim_s": resume_s}))
+        self._replay_writes(resume_s)
+        topology = Topology.from_twins(self.scenario.site.id, self.scenario.site.timezone,
+                                       self.world.interval_s, self.scenario.site.twins)
+        self.history = HistoryWriter(self.data / "history", topology)
+        self.alarms = AlarmBook(self.store.load_alarms())
+        valves = {t.id: t.valve_of for t in self.scenario.site.twins if t.kind is Kind.VALVE and t.valve_of}
+        self.commands = CommandBook(self.store, self.world.state, RecordingDevice(self), valves,
+                                    self.world.interval_s, self._command_problem)
+        replay_started = time.perf_counter()
+        self.world.begin(self._on_day)
+        self.world.advance_to(resume_s)
+        self.replay_seconds = time.perf_counter() - replay_started
+        self.commands.resume(self.now())
+        self.clock = SimClock(resume_s, speed)
+        self.tasks: list[PeriodicTask] = []
+        self.every("offline check", 2 * self.world.interval_s, self._check_offline)
+        self.started_wall = time.time()
+        self.lock = asyncio.Lock()  # binds to the running loop on first use
+        self.stopping = False
+
+    # -- composition --------------------------------------------------------------------
+
+    def every(self, name: str, every_s: float, run: Callable[[float], None]) -> PeriodicTask:
+        """Register a periodic task; it first runs one period from now."""
+        task = PeriodicTask(name, every_s, run, self.now() + every_s)
+        self.tasks.append(task)
+        return task
+
+    def now(self) -> float:
+        """Platform time: the world's clock as UTC epoch seconds."""
+        return self.world.start_utc + self.world.now_s
+
+    def _replay_writes(self, until_s: float) -> None:
+        rows = self.store.db.execute("SELECT sim_s, twin, field, value, source FROM world_writes ORDER BY seq")
+        for row in rows:
+            if row["sim_s"] > until_s:
+                continue  # recorded after the last saved time: the command resumes it
+            apply = functools.partial(self.world.write, row["twin"], row["field"], int(row["value"]), row["source"])
+            self.world.at(timedelta(seconds=float(row["sim_s"])), apply)
+
+    def _on_day(self, day: DayResult) -> None:
+        self.history.append(day.first_utc, day.reported)
+
+    def _command_problem(self, command: Command) -> None:
+        alarm, new = self.alarms.raise_(
+            "command_failed" if command.state.value == "failed" else "command_expired",
+            twin=command.twin, severity=Severity.MAJOR, at=self.now(),
+            evidence={"command": command.id, "action": command.action, "reason": command.reason,
+                      "requested_by": command.requested_by})
+        self.store.save_alarm(alarm)
+        log.warning("command %s %s on %s: %s", command.id, command.state.value, command.twin, command.reason)
+
+    def _check_offline(self, now: float) -> None:
+        """Meters silent for two intervals raise an `offline` alarm; it clears when they
+        report again."""
+        limit = now - 2 * self.world.interval_s
+        for kind in (Kind.ELECTRIC_METER, Kind.WATER_METER):
+            table = self.world.state.tables[kind]
+            stamps = table.stamps["reported"]
+            for row, twin_id in enumerate(table.ids):
+                if stamps[row] and stamps[row] < limit:
+                    alarm, new = self.alarms.raise_("offline", twin=twin_id, at=now, severity=Severity.WARNING,
+                                                    evidence={"last_report_utc": int(stamps[row])})
+                    if new:
+                        self.store.save_alarm(alarm)
+                elif stamps[row]:
+                    cleared = self.alarms.clear_subject("offline", twin=twin_id, at=now)
+                    if cleared is not None:
+                        self.store.save_alarm(cleared)
+
+    # -- running ------------------------------------------------------------------------
+
+    async def tick(self) -> None:
+        """Move the world to the clock, follow up commands, run the tasks that are due."""
+        async with self.lock:
+            target = self.clock.sim_s()
+            await asyncio.to_thread(self.world.advance_to, target)
+            now = self.now()
+            self.commands.check(now)
+            for task in self.tasks:
+                if now >= task.next_due:
+                    try:
+                        await asyncio.to_thread(task.run, now)
+                        task.last_error = None
+                    except Exception as err:  # a failing task is logged and retried next period
+                        task.last_error = f"{type(err).__name__}: {err}"
+                        log.exception("periodic task %s failed", task.name)
+                    task.runs += 1
+                    task.next_due = now + task.every_s
+
+    def save(self) -> None:
+        """Store the simulated time reached (the world's snapshot) and flush the history."""
+        self.store.set_meta("world", json.dumps({"scenario": Path(self.scenario_path).name, "seed": self.seed,
+                                                 "start": self.world.start.isoformat(), "sim_s": self.world.now_s}))
+        self.history.flush()
+
+    async def run_loop(self) -> None:
+        """Tick until asked to stop, saving every few seconds."""
+        last_save = time.monotonic()
+        while not self.stopping:
+            started = time.monotonic()
+            await self.tick()
+            if time.monotonic() - last_save >= SAVE_S:
+                self.save()
+                last_save = time.monotonic()
+            await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
+
+    async def serve(self, host: str = "127.0.0.1", port: int = 8050) -> None:
+        """Run the platform and its HTTP server until SIGINT or SIGTERM, then save and
+        close cleanly."""
+        import uvicorn
+
+        from control.api.app import create_app
+
+        def stop(signum: int, frame: object) -> None:  # uvicorn re-raises the signal after its shutdown
+            self.stopping = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, stop)
+        config = uvicorn.Config(create_app(self), host=host, port=port, log_level="warning", lifespan="off")
+        server = uvicorn.Server(config)
+        loop_task = asyncio.create_task(self.run_loop())
+        try:
+            await server.serve()  # returns once SIGINT or SIGTERM arrived and requests drained
+        finally:
+            self.stopping = True
+            await loop_task
+            self.save()
+            self.close()
+
+    def close(self) -> None:
+        """Close files and the database."""
+        self.history.close()
+        self.store.close()
+
+    def health(self) -> dict[str, object]:
+        """What /api/health and the health page show."""
+        world = self.world
+        return {
+            "site": self.scenario.site.id, "name": self.scenario.site.name, "scenario": Path(self.scenario_path).name,
+            "sim_time": datetime.fromtimestamp(self.now(), tz=world.tz).isoformat(),
+            "speed": self.speed, "twins": len(world.state), "open_alarms": len(self.alarms.open_alarms()),
+            "open_commands": len(self.commands.open), "uptime_s": round(time.time() - self.started_wall, 1),
+            "replay_s": round(self.replay_seconds, 2),
+            "tasks": [{"name": t.name, "every_s": t.every_s, "runs": t.runs, "last_error": t.last_error}
+                      for t in self.tasks],
+        }

@@ -1,0 +1,161 @@
+"""`metertwin run` over real HTTP: roles, a command confirmed by the world, and a
+SIGKILL in the middle of pending commands."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from datetime import datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.support import free_tcp_port
+
+SCENARIO = """\
+[site]
+id = "H1"
+name = "HTTP test"
+
+[[buildings]]
+id = "B01"
+floors = 3
+rooms_per_floor = 2
+electric = {}
+water = { valve = true }
+master = { electric = true, water = true }
+
+[[inject]]
+twin = "B01-03-02.em"
+kind = "offline"
+start = "0d"
+"""
+
+
+class Running:
+    """A `metertwin run` subprocess on a free loopback port."""
+
+    def __init__(self, scenario: Path, data: Path) -> None:
+        self.port = free_tcp_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = (data.parent / f"run-{self.port}.log").open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "control.cli", "run", str(scenario), "--data", str(data), "--port", str(self.port),
+             "--speed", "300", "--start", "2026-03-02T18:00"],
+            stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+        self.wait_until(lambda: self.get("/api/health").status_code == 200, "the server to answer")
+
+    def get(self, path: str, key: str | None = None) -> httpx.Response:
+        try:
+            return httpx.get(self.url + path, headers=_auth(key), timeout=10)
+        except httpx.TransportError:
+            return httpx.Response(599)
+
+    def post(self, path: str, body: dict, key: str | None = None) -> httpx.Response:
+        return httpx.post(self.url + path, json=body, headers=_auth(key), timeout=10)
+
+    def wait_until(self, condition, what: str, bound_s: float = 120.0) -> None:
+        """Poll until `condition()`; the bound only stops a broken run from hanging CI."""
+        end = time.monotonic() + bound_s
+        while time.monotonic() < end:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"metertwin run exited ({self.proc.returncode}) waiting for {what}")
+            if condition():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"gave up waiting for {what}")
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(sig)
+        code = self.proc.wait(timeout=60)
+        self.log.close()
+        return code
+
+
+def _auth(key: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {key}"} if key else {}
+
+
+@pytest.fixture
+def scenario(tmp_path) -> Path:
+    path = tmp_path / "http.toml"
+    path.write_text(SCENARIO)
+    return path
+
+
+def make_key(data: Path, role: str) -> str:
+    out = subprocess.run([sys.executable, "-m", "control.cli", "keys", "create", "--role", role, "--data", str(data)],
+                         capture_output=True, text=True, check=True)
+    return out.stdout.strip()
+
+
+def test_roles_and_a_trip_confirmed_over_http(scenario, tmp_path):
+    """Without a key: 401. A viewer reads but may not command: 403. An operator trips a
+    relay and sees the command go from created to confirmed as the world reports it;
+    errors are 4xx JSON saying what was wrong. SIGTERM stops the platform cleanly."""
+    data = tmp_path / "data"
+    run = Running(scenario, data)
+    try:
+        admin = (data / "admin.key").read_text().strip()
+        viewer = make_key(data, "viewer")
+        operator = make_key(data, "operator")
+        assert run.get("/api/twins").status_code == 401
+        assert run.get("/api/twins?kind=electric_meter", viewer).json()["total"] == 7
+        body = {"twin": "B01-02-01.em", "action": "relay_open"}
+        denied = run.post("/api/commands", body, viewer)
+        assert denied.status_code == 403 and "needs operator" in denied.json()["detail"]
+        created = run.post("/api/commands", body, operator)
+        assert created.status_code == 201, created.text
+        command_id = created.json()["id"]
+        run.wait_until(lambda: run.get(f"/api/commands/{command_id}", viewer).json()["state"] == "confirmed",
+                       "the trip to be confirmed")
+        states = [e["state"] for e in run.get(f"/api/commands/{command_id}", viewer).json()["events"]]
+        assert states == ["created", "sent", "confirmed"]
+        twin = run.get("/api/twins/B01-02-01.em", viewer).json()
+        assert twin["reported"]["relay_closed"] == 0 and twin["reported"]["power_w"] == 0
+        bad = run.post("/api/commands", {"twin": "B01-02-01.em", "action": "valve_close"}, operator)
+        assert bad.status_code == 400 and "applies to valve twins" in bad.json()["detail"]
+        assert run.get("/api/twins/B09-01-01.em", viewer).status_code == 404
+        assert run.post("/api/keys", {"name": "x", "role": "viewer"}, operator).status_code == 403
+        assert run.post("/api/keys", {"name": "x", "role": "viewer"}, admin).status_code == 201
+        assert "/api/commands" in run.get("/api/openapi.json").json()["paths"]
+    finally:
+        code = run.stop(signal.SIGTERM)
+    assert code == 0
+    assert "stopped cleanly" in (tmp_path / f"run-{run.port}.log").read_text()
+
+
+def test_sigkill_with_pending_commands_then_restart(scenario, tmp_path):
+    """Killed with SIGKILL while a command waits on an unreachable meter, the platform
+    restarts with the world where it was, resends the open command, fails it at its
+    deadline and raises an alarm; a confirmed trip stays tripped after the restart."""
+    data = tmp_path / "data"
+    run = Running(scenario, data)
+    admin = (data / "admin.key").read_text().strip()
+    trip = run.post("/api/commands", {"twin": "B01-01-01.em", "action": "relay_open"}, admin).json()
+    run.wait_until(lambda: run.get(f"/api/commands/{trip['id']}", admin).json()["state"] == "confirmed", "the trip")
+    stuck = run.post("/api/commands", {"twin": "B01-03-02.em", "action": "relay_open", "deadline_s": 1800},
+                     admin).json()
+    time.sleep(2.5)  # past one save of the world's time (saved every 2 s)
+    run.stop(signal.SIGKILL)
+
+    again = Running(scenario, data)
+    try:
+        resumed_at = datetime.fromisoformat(again.get("/api/health").json()["sim_time"]).timestamp()
+        assert resumed_at >= stuck["created"]  # the world went on from its last save, not from the start
+        resumed = again.get(f"/api/commands/{stuck['id']}", admin).json()
+        assert resumed["state"] in ("sent", "failed")
+        assert [e["state"] for e in resumed["events"]].count("sent") == 2
+        assert again.get("/api/twins/B01-01-01.em", admin).json()["reported"]["relay_closed"] == 0
+        again.wait_until(lambda: again.get(f"/api/commands/{stuck['id']}", admin).json()["state"] == "failed",
+                         "the unreachable meter's command to fail")
+        failed = again.get(f"/api/commands/{stuck['id']}", admin).json()
+        assert "reports relay_closed=1" in failed["reason"]
+        alarms = again.get("/api/alarms", admin).json()
+        assert any(a["kind"] == "command_failed" and a["twin"] == "B01-03-02.em" for a in alarms)
+    finally:
+        assert again.stop() == 0
