@@ -6,7 +6,7 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: demo test bench lint clean
+.PHONY: demo live test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,6 +15,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/metertwin simulate scenarios/demo-community.toml --out out/demo --force
+
+# the live platform (world at 60x, API on http://127.0.0.1:8050); Ctrl-C stops it
+live: $(STAMP)
+	$(BIN)/metertwin run scenarios/demo-community.toml --data data
 
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

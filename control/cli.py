@@ -122,6 +122,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--start", type=parse_start, default=None,
                      help="site-local start of a new world (default: now); ignored when resuming")
     run.add_argument("--seed", type=int, default=0, help="random seed of a new world (default 0)")
+    run.add_argument("--webhook", action="append", default=[], metavar="URL",
+                     help="POST every alarm transition as JSON to URL (repeatable)")
 
     data_help = "data directory of the platform (default ./data)"
     keys = commands.add_parser("keys", help="make, list and revoke API keys",
@@ -171,7 +173,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     print(f"metertwin: loading {args.scenario} (data in {args.data})", file=sys.stderr)
-    platform = Platform(args.scenario, args.data, speed=args.speed, start=args.start, seed=args.seed)
+    platform = Platform(args.scenario, args.data, speed=args.speed, start=args.start, seed=args.seed,
+                        webhooks=args.webhook)
     if platform.world.now_s > 0:
         print(f"metertwin: resumed the world at {platform.health()['sim_time']} "
               f"(replayed in {platform.replay_seconds:.1f}s)", file=sys.stderr)

@@ -31,10 +31,11 @@ from zoneinfo import ZoneInfo
 
 from control.auth import Auth
 from control.commands import Command, CommandBook
+from control.notify import Notifier
 from control.store import Store
 from devices.sim.world import DayResult, World
 from scenarios.loader import load_scenario
-from twin.alarms import AlarmBook, Severity
+from twin.alarms import Alarm, AlarmBook, Severity
 from twin.history import HistoryWriter, Topology
 from twin.model import Kind
 
@@ -105,7 +106,7 @@ class Platform:
     """Everything `metertwin run` runs, built and resumed from a data directory."""
 
     def __init__(self, scenario_path: str, data_dir: str | Path, *, speed: float = 60.0,
-                 start: datetime | None = None, seed: int = 0) -> None:
+                 start: datetime | None = None, seed: int = 0, webhooks: list[str] | None = None) -> None:
         self.data = Path(data_dir)
         self.data.mkdir(parents=True, exist_ok=True)
         self.scenario_path = scenario_path
@@ -114,6 +115,7 @@ class Platform:
         self.store = Store(self.data / "control.sqlite")
         self.store.db.executescript(WRITES_SCHEMA)
         self.auth = Auth(self.store)
+        self.notifier = Notifier(webhooks)
         saved = self.store.get_meta("world")
         if saved:
             snap = json.loads(saved)
@@ -177,7 +179,7 @@ class Platform:
             twin=command.twin, severity=Severity.MAJOR, at=self.now(),
             evidence={"command": command.id, "action": command.action, "reason": command.reason,
                       "requested_by": command.requested_by})
-        self.store.save_alarm(alarm)
+        self.alarm_changed(alarm, "raised" if new else "repeated")
         log.warning("command %s %s on %s: %s", command.id, command.state.value, command.twin, command.reason)
 
     def _check_offline(self, now: float) -> None:
@@ -192,11 +194,20 @@ class Platform:
                     alarm, new = self.alarms.raise_("offline", twin=twin_id, at=now, severity=Severity.WARNING,
                                                     evidence={"last_report_utc": int(stamps[row])})
                     if new:
-                        self.store.save_alarm(alarm)
+                        self.alarm_changed(alarm, "raised")
                 elif stamps[row]:
                     cleared = self.alarms.clear_subject("offline", twin=twin_id, at=now)
                     if cleared is not None:
-                        self.store.save_alarm(cleared)
+                        self.alarm_changed(cleared, "cleared")
+
+    def alarm_changed(self, alarm: Alarm, event: str) -> None:
+        """Store an alarm and notify its transition (a repeat is stored, not sent)."""
+        self.store.save_alarm(alarm)
+        if event != "repeated":
+            self.notifier.publish({"event": event, "site": self.scenario.site.id, "id": alarm.id, "kind": alarm.kind,
+                                   "twin": alarm.twin, "account": alarm.account,
+                                   "severity": alarm.severity.name.lower(), "start": alarm.start,
+                                   "at": self.now(), "state": alarm.state.value, "evidence": alarm.evidence})
 
     # -- running ------------------------------------------------------------------------
 
@@ -249,12 +260,14 @@ class Platform:
             signal.signal(sig, stop)
         config = uvicorn.Config(create_app(self), host=host, port=port, log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
+        self.notifier.start()
         loop_task = asyncio.create_task(self.run_loop())
         try:
             await server.serve()  # returns once SIGINT or SIGTERM arrived and requests drained
         finally:
             self.stopping = True
             await loop_task
+            await self.notifier.stop()
             self.save()
             self.close()
 
@@ -271,7 +284,7 @@ class Platform:
             "sim_time": datetime.fromtimestamp(self.now(), tz=world.tz).isoformat(),
             "speed": self.speed, "twins": len(world.state), "open_alarms": len(self.alarms.open_alarms()),
             "open_commands": len(self.commands.open), "uptime_s": round(time.time() - self.started_wall, 1),
-            "replay_s": round(self.replay_seconds, 2),
+            "replay_s": round(self.replay_seconds, 2), "webhooks": self.notifier.status(),
             "tasks": [{"name": t.name, "every_s": t.every_s, "runs": t.runs, "last_error": t.last_error}
                       for t in self.tasks],
         }

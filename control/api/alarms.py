@@ -39,7 +39,7 @@ async def _change(request: Request, alarm_id: int, who: Principal, action: str) 
             raise HTTPException(404, f"no alarm {alarm_id}") from None
         except ValueError as err:
             raise HTTPException(409, str(err)) from None
-        platform.store.save_alarm(alarm)
+        platform.alarm_changed(alarm, "acknowledged" if action == "ack" else "cleared")
     return alarm_dict(alarm)
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.support import free_tcp_port
+from tests.support import Receiver, free_tcp_port
 
 SCENARIO = """\
 [site]
@@ -39,13 +39,13 @@ start = "0d"
 class Running:
     """A `metertwin run` subprocess on a free loopback port."""
 
-    def __init__(self, scenario: Path, data: Path) -> None:
+    def __init__(self, scenario: Path, data: Path, *extra: str) -> None:
         self.port = free_tcp_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log = (data.parent / f"run-{self.port}.log").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "control.cli", "run", str(scenario), "--data", str(data), "--port", str(self.port),
-             "--speed", "300", "--start", "2026-03-02T18:00"],
+             "--speed", "300", "--start", "2026-03-02T18:00", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.wait_until(lambda: self.get("/api/health").status_code == 200, "the server to answer")
 
@@ -143,7 +143,9 @@ def test_sigkill_with_pending_commands_then_restart(scenario, tmp_path):
     time.sleep(2.5)  # past one save of the world's time (saved every 2 s)
     run.stop(signal.SIGKILL)
 
-    again = Running(scenario, data)
+    hook_port = free_tcp_port()
+    again = Running(scenario, data, "--webhook", f"http://127.0.0.1:{hook_port}/alarms")
+    receiver = None
     try:
         resumed_at = datetime.fromisoformat(again.get("/api/health").json()["sim_time"]).timestamp()
         assert resumed_at >= stuck["created"]  # the world went on from its last save, not from the start
@@ -157,5 +159,14 @@ def test_sigkill_with_pending_commands_then_restart(scenario, tmp_path):
         assert "reports relay_closed=1" in failed["reason"]
         alarms = again.get("/api/alarms", admin).json()
         assert any(a["kind"] == "command_failed" and a["twin"] == "B01-03-02.em" for a in alarms)
+        # the webhook receiver was down when the alarm was raised; it gets it once it is up
+        assert again.get("/api/health").json()["webhooks"][0]["queued"] >= 1
+        receiver = Receiver(hook_port)
+        again.wait_until(lambda: any(m["kind"] == "command_failed" for m in receiver.received),
+                         "the webhook receiver to get the alarm")
+        message = next(m for m in receiver.received if m["kind"] == "command_failed")
+        assert message["twin"] == "B01-03-02.em" and message["event"] == "raised"
     finally:
         assert again.stop() == 0
+        if receiver is not None:
+            receiver.close()
