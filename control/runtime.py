@@ -30,6 +30,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from control.auth import Auth
+from control.batch import TaskBook
 from control.commands import Command, CommandBook
 from control.notify import Notifier
 from control.store import Store
@@ -138,6 +139,7 @@ class Platform:
         valves = {t.id: t.valve_of for t in self.scenario.site.twins if t.kind is Kind.VALVE and t.valve_of}
         self.commands = CommandBook(self.store, self.world.state, RecordingDevice(self), valves,
                                     self.world.interval_s, self._command_problem)
+        self.batch = TaskBook(self.store, self.scenario.site, self.commands)
         replay_started = time.perf_counter()
         self.world.begin(self._on_day)
         self.world.advance_to(resume_s)
@@ -218,6 +220,7 @@ class Platform:
             await asyncio.to_thread(self.world.advance_to, target)
             now = self.now()
             self.commands.check(now)
+            self.batch.run_due(now)
             for task in self.tasks:
                 if now >= task.next_due:
                     try:

@@ -8,7 +8,7 @@ import signal
 import subprocess
 import sys
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import httpx
@@ -140,6 +140,11 @@ def test_sigkill_with_pending_commands_then_restart(scenario, tmp_path):
     run.wait_until(lambda: run.get(f"/api/commands/{trip['id']}", admin).json()["state"] == "confirmed", "the trip")
     stuck = run.post("/api/commands", {"twin": "B01-03-02.em", "action": "relay_open", "deadline_s": 1800},
                      admin).json()
+    sim_now = datetime.fromisoformat(run.get("/api/health").json()["sim_time"])
+    later = (sim_now + timedelta(minutes=40)).replace(tzinfo=None).isoformat()
+    task = run.post("/api/tasks", {"name": "close B01-01 valves", "action": "valve_close", "building": "B01",
+                                   "floor": 1, "run_at": later}, admin)
+    assert task.status_code == 201, task.text
     time.sleep(2.5)  # past one save of the world's time (saved every 2 s)
     run.stop(signal.SIGKILL)
 
@@ -166,6 +171,12 @@ def test_sigkill_with_pending_commands_then_restart(scenario, tmp_path):
                          "the webhook receiver to get the alarm")
         message = next(m for m in receiver.received if m["kind"] == "command_failed")
         assert message["twin"] == "B01-03-02.em" and message["event"] == "raised"
+        # the task scheduled before the kill runs once, for its time, after the restart
+        task_id = task.json()["id"]
+        again.wait_until(lambda: len(again.get(f"/api/tasks/{task_id}", admin).json()["runs"]) == 1, "the task")
+        time.sleep(1.0)
+        runs = again.get(f"/api/tasks/{task_id}", admin).json()["runs"]
+        assert len(runs) == 1 and [i["twin"] for i in runs[0]["items"]] == ["B01-01-01.vl", "B01-01-02.vl"]
     finally:
         assert again.stop() == 0
         if receiver is not None:
