@@ -6,19 +6,21 @@ VENV := .venv
 STAMP := $(VENV)/.installed
 BIN := $(VENV)/bin
 
-.PHONY: demo live test bench lint clean
+.PHONY: demo sim test bench lint clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# the live platform: the demo community at 60x, API and health page on http://127.0.0.1:8050,
+# state in ./data (a second `make demo` resumes it); Ctrl-C stops it
 demo: $(STAMP)
-	$(BIN)/metertwin simulate scenarios/demo-community.toml --out out/demo --force
-
-# the live platform (world at 60x, API on http://127.0.0.1:8050); Ctrl-C stops it
-live: $(STAMP)
 	$(BIN)/metertwin run scenarios/demo-community.toml --data data
+
+# a week of the demo community, headless, faster than real time, with its summary
+sim: $(STAMP)
+	$(BIN)/metertwin simulate scenarios/demo-community.toml --out out/demo --force
 
 test: $(STAMP)
 	$(BIN)/pytest -q $(PYTEST_ARGS)

@@ -123,6 +123,16 @@ def test_roles_and_a_trip_confirmed_over_http(scenario, tmp_path):
         assert run.post("/api/keys", {"name": "x", "role": "viewer"}, operator).status_code == 403
         assert run.post("/api/keys", {"name": "x", "role": "viewer"}, admin).status_code == 201
         assert "/api/commands" in run.get("/api/openapi.json").json()["paths"]
+        # malformed requests get 4xx JSON saying what was wrong, never a 500
+        raw = httpx.post(run.url + "/api/commands", content=b"{not json", timeout=10,
+                         headers={"Authorization": f"Bearer {operator}", "content-type": "application/json"})
+        assert raw.status_code == 422 and "detail" in raw.json()
+        typed = run.post("/api/commands", {"twin": 5, "action": None, "deadline_s": -1}, operator)
+        assert typed.status_code == 422 and {e["loc"][-1] for e in typed.json()["detail"]} >= {"action", "deadline_s"}
+        assert run.get("/api/twins?limit=0", viewer).status_code == 422
+        assert run.get("/api/commands/c-nope", viewer).status_code == 404
+        assert run.post("/api/alarms/999/acknowledge", {}, operator).status_code == 404
+        assert run.post("/api/tasks", {"name": "x", "action": "valve_close", "building": "B09"}, operator).status_code == 400
     finally:
         code = run.stop(signal.SIGTERM)
     assert code == 0
