@@ -132,7 +132,8 @@ def test_roles_and_a_trip_confirmed_over_http(scenario, tmp_path):
         assert run.get("/api/twins?limit=0", viewer).status_code == 422
         assert run.get("/api/commands/c-nope", viewer).status_code == 404
         assert run.post("/api/alarms/999/acknowledge", {}, operator).status_code == 404
-        assert run.post("/api/tasks", {"name": "x", "action": "valve_close", "building": "B09"}, operator).status_code == 400
+        nowhere = {"name": "x", "action": "valve_close", "building": "B09"}
+        assert run.post("/api/tasks", nowhere, operator).status_code == 400
     finally:
         code = run.stop(signal.SIGTERM)
     assert code == 0
