@@ -7,14 +7,17 @@ that time, even across a crash; a run cut short by a crash is finished on restar
 by item, without repeating an item (each item is keyed by run and twin). Each item
 records the command it made; the command's lifecycle is the item's outcome.
 
-Actions today are the command actions (relay and valve); top-ups and tariff changes
-join when the billing part lands.
+Actions are the command actions (relay and valve) on twins, and actions on accounts that
+other parts register with `register_account_action` (billing registers top-ups and tariff
+changes); an account task selects accounts by list, or by the rooms of a building and
+floor.
 """
 
 from __future__ import annotations
 
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,14 +29,14 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS tasks (
     id TEXT PRIMARY KEY, name TEXT NOT NULL, action TEXT NOT NULL, selector TEXT NOT NULL,
     first_run REAL NOT NULL, repeat_s REAL, next_run REAL, created_by TEXT NOT NULL, created REAL NOT NULL,
-    state TEXT NOT NULL, deadline_s REAL NOT NULL
+    state TEXT NOT NULL, deadline_s REAL NOT NULL, params TEXT NOT NULL DEFAULT '{}'
 );
 CREATE TABLE IF NOT EXISTS task_runs (
     task TEXT NOT NULL, run_for REAL NOT NULL, started REAL NOT NULL, finished REAL, items INTEGER,
     PRIMARY KEY (task, run_for)
 );
 CREATE TABLE IF NOT EXISTS task_items (
-    task TEXT NOT NULL, run_for REAL NOT NULL, twin TEXT NOT NULL, command TEXT, error TEXT,
+    task TEXT NOT NULL, run_for REAL NOT NULL, twin TEXT NOT NULL, command TEXT, error TEXT, outcome TEXT,
     PRIMARY KEY (task, run_for, twin)
 );
 """
@@ -45,12 +48,26 @@ class TaskError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class Selector:
-    """Which twins a task acts on. Example: ``Selector(building="B01", floor=3, kind="valve")``."""
+    """Which twins (or accounts) a task acts on. Example: ``Selector(building="B01", floor=3,
+    kind="valve")``; for an account action ``Selector(accounts=("A-B01-03-01",))``."""
 
     twins: tuple[str, ...] = ()  #: explicit twin ids; if given, the rest is ignored
     building: str | None = None  #: every twin of this building ...
     floor: int | None = None  #: ... on this floor
     kind: str | None = None  #: ... of this kind
+    accounts: tuple[str, ...] = ()  #: explicit account ids, for account actions
+
+    def resolve_accounts(self, site: Site) -> list[str]:
+        """The account ids this selects now: the list, or the accounts of the rooms of
+        the building and floor, in site order."""
+        if self.accounts:
+            return list(self.accounts)
+        seen: dict[str, None] = {}
+        for room in site.rooms:
+            if room.account and (self.building is None or room.building == self.building) and (
+                    self.floor is None or room.floor == self.floor):
+                seen[room.account] = None
+        return list(seen)
 
     def resolve(self, site: Site, known: dict[str, Any]) -> list[str]:
         """The twin ids this selects now, in site order."""
@@ -62,6 +79,10 @@ class Selector:
                 and (self.kind is None or t.kind.value == self.kind) and t.role == "sub"]
 
 
+AccountActionRun = Callable[[str, dict[str, Any], float, str], str]
+#: ^ (account id, the task's params, now, who) -> outcome text; raises ValueError to refuse
+
+
 class TaskBook:
     """Tasks in the store, and running the ones that are due."""
 
@@ -70,14 +91,35 @@ class TaskBook:
         self.site = site
         self.known = {t.id: t for t in site.twins}
         self.commands = commands
+        self.account_actions: dict[str, AccountActionRun] = {}
+        self.accounts = {a.id for a in site.accounts}
         store.db.executescript(SCHEMA)
 
+    def register_account_action(self, name: str, run: AccountActionRun) -> None:
+        """Let tasks run `name` on accounts (billing: top-up, tariff change)."""
+        if name in ACTIONS:
+            raise ValueError(f"{name!r} is a command action")
+        self.account_actions[name] = run
+
     def create(self, name: str, action: str, selector: Selector, *, by: str, now: float,
-               run_at: float | None = None, repeat_s: float | None = None, deadline_s: float = 1200.0) -> str:
+               run_at: float | None = None, repeat_s: float | None = None, deadline_s: float = 1200.0,
+               params: dict[str, Any] | None = None) -> str:
         """Record a task; TaskError names what is wrong. Returns the task id."""
+        if repeat_s is not None and not repeat_s >= 60:
+            raise TaskError("repeat_s must be at least 60 seconds")
+        if action in self.account_actions:
+            accounts = selector.resolve_accounts(self.site)
+            if not accounts:
+                raise TaskError("the selection holds no account: check the accounts, building and floor")
+            unknown = [a for a in accounts if a not in self.accounts]
+            if unknown:
+                raise TaskError(f"{unknown[0]!r} is not an account of this site")
+            return self._insert(name, action, {"accounts": accounts, "building": selector.building,
+                                               "floor": selector.floor}, by, now, run_at, repeat_s, deadline_s, params)
         spec = ACTIONS.get(action)
         if spec is None:
-            raise TaskError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+            known = ", ".join([*ACTIONS, *self.account_actions])
+            raise TaskError(f"unknown action {action!r}; use one of {known}")
         kind = selector.kind or spec.kind.value
         if kind != spec.kind.value:
             raise TaskError(f"{action} acts on {spec.kind.value} twins, not {kind}")
@@ -89,16 +131,19 @@ class TaskBook:
             t = self.known.get(twin)
             if t is None or t.kind is not Kind(kind):
                 raise TaskError(f"{twin!r} is not a {kind} twin of this site")
-        if repeat_s is not None and not repeat_s >= 60:
-            raise TaskError("repeat_s must be at least 60 seconds")
+        return self._insert(name, action, {"twins": list(selector.twins), "building": selector.building,
+                                           "floor": selector.floor, "kind": kind},
+                            by, now, run_at, repeat_s, deadline_s, params)
+
+    def _insert(self, name: str, action: str, selector: dict[str, Any], by: str, now: float, run_at: float | None,
+                repeat_s: float | None, deadline_s: float, params: dict[str, Any] | None) -> str:
         first = now if run_at is None else run_at
         task_id = f"t-{uuid.uuid4().hex[:10]}"
         with self.store.write() as db:
             db.execute("INSERT INTO tasks(id, name, action, selector, first_run, repeat_s, next_run, created_by,"
-                       " created, state, deadline_s) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'scheduled', ?)",
-                       (task_id, name, action, json.dumps({"twins": list(selector.twins), "building": selector.building,
-                                                           "floor": selector.floor, "kind": kind}),
-                        first, repeat_s, first, by, now, deadline_s))
+                       " created, state, deadline_s, params) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, 'scheduled', ?, ?)",
+                       (task_id, name, action, json.dumps(selector), first, repeat_s, first, by, now, deadline_s,
+                        json.dumps(params or {})))
         return task_id
 
     def cancel(self, task_id: str) -> None:
@@ -134,27 +179,38 @@ class TaskBook:
     def _run(self, task_id: str, run_for: float, now: float) -> int:
         task = as_dict(self.store.db.execute("SELECT * FROM tasks WHERE id = ?", (task_id,)).fetchone())
         sel = json.loads(task["selector"])
-        twins = Selector(tuple(sel["twins"]), sel["building"], sel["floor"], sel["kind"]).resolve(self.site, self.known)
+        account_action = self.account_actions.get(task["action"])
+        if "accounts" in sel:
+            targets = sel["accounts"]
+        else:
+            targets = Selector(tuple(sel["twins"]), sel["building"], sel["floor"], sel["kind"]).resolve(
+                self.site, self.known)
         have = {r["twin"] for r in self.store.db.execute(
             "SELECT twin FROM task_items WHERE task = ? AND run_for = ?", (task_id, run_for))}
         acted = 0
-        for twin in twins:
-            if twin in have:
+        params = json.loads(task["params"])
+        for target in targets:
+            if target in have:
                 continue
-            command_id, error = None, None
+            command_id, error, outcome = None, None, None
             try:
-                command = self.commands.create(twin, task["action"], by=f"task:{task_id}", source="batch", now=now,
-                                               deadline_s=task["deadline_s"], batch=task_id)
-                command_id = command.id
-            except CommandError as err:
+                if "accounts" in sel:
+                    if account_action is None:
+                        raise ValueError(f"action {task['action']!r} is not available in this platform")
+                    outcome = account_action(target, params, now, f"task:{task_id}")
+                else:
+                    command = self.commands.create(target, task["action"], by=f"task:{task_id}", source="batch",
+                                                   now=now, deadline_s=task["deadline_s"], batch=task_id)
+                    command_id = command.id
+            except (CommandError, ValueError) as err:
                 error = str(err)
             with self.store.write() as db:
-                db.execute("INSERT INTO task_items(task, run_for, twin, command, error) VALUES (?, ?, ?, ?, ?)",
-                           (task_id, run_for, twin, command_id, error))
+                db.execute("INSERT INTO task_items(task, run_for, twin, command, error, outcome)"
+                           " VALUES (?, ?, ?, ?, ?, ?)", (task_id, run_for, target, command_id, error, outcome))
             acted += 1
         with self.store.write() as db:
             db.execute("UPDATE task_runs SET finished = ?, items = ? WHERE task = ? AND run_for = ?",
-                       (now, len(twins), task_id, run_for))
+                       (now, len(targets), task_id, run_for))
         return acted
 
     def get(self, task_id: str) -> dict[str, Any]:
@@ -164,13 +220,14 @@ class TaskBook:
             raise KeyError(f"no task {task_id!r}")
         task = as_dict(row)
         task["selector"] = json.loads(task["selector"])
+        task["params"] = json.loads(task["params"])
         runs = []
         for run in self.store.db.execute("SELECT * FROM task_runs WHERE task = ? ORDER BY run_for", (task_id,)):
             items = []
-            rows = self.store.db.execute("SELECT twin, command, error FROM task_items WHERE task = ? AND run_for = ?"
-                                         " ORDER BY rowid", (task_id, run["run_for"])).fetchall()
+            rows = self.store.db.execute("SELECT twin, command, error, outcome FROM task_items WHERE task = ?"
+                                         " AND run_for = ? ORDER BY rowid", (task_id, run["run_for"])).fetchall()
             for item in rows:
-                outcome = item["error"] and "refused"
+                outcome = item["outcome"] or (item["error"] and "refused")
                 if item["command"]:
                     command = self.commands.get(item["command"])
                     outcome = command.state.value

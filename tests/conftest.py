@@ -7,7 +7,7 @@ from collections.abc import Callable
 import pytest
 
 from scenarios.schema import Injection, RandomInjections, Residents, Scenario
-from twin.model import Building, Floor, Kind, Room, Site, TwinSpec
+from twin.model import Account, Building, Floor, Kind, Room, Site, TwinSpec
 
 
 def build_site(buildings: int = 2, floors: int = 4, rooms: int = 4, profile: str = "household") -> Site:
@@ -43,6 +43,7 @@ def build_site(buildings: int = 2, floors: int = 4, rooms: int = 4, profile: str
                 ]
                 room.twins = [t.id for t in specs]
                 site.twins += specs
+                site.accounts.append(Account("A-" + rid, rooms=[rid], meters=[rid + ".em", rid + ".wm"]))
                 floor.rooms.append(room)
             building.floors.append(floor)
         site.buildings.append(building)

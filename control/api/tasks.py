@@ -25,6 +25,8 @@ class TaskRequest(BaseModel):
     building: str | None = Field(None, examples=["B01"])
     floor: int | None = Field(None, examples=[3])
     kind: str | None = Field(None, examples=["valve"])
+    accounts: list[str] = Field(default_factory=list, max_length=100000, description="for account actions")
+    params: dict[str, Any] = Field(default_factory=dict, description="the action's parameters, e.g. an amount")
     run_at: datetime | None = Field(None, description="site-local time; omit to run now",
                                     examples=["2026-03-02T23:00:00"])
     repeat_s: float | None = Field(None, ge=60, description="run again every this many platform seconds")
@@ -42,8 +44,10 @@ async def create_task(request: Request, body: TaskRequest, who: Principal = Oper
     async with platform.lock:
         try:
             task_id = platform.batch.create(
-                body.name, body.action, Selector(tuple(body.twins), body.building, body.floor, body.kind),
-                by=who.name, now=platform.now(), run_at=run_at, repeat_s=body.repeat_s, deadline_s=body.deadline_s)
+                body.name, body.action,
+                Selector(tuple(body.twins), body.building, body.floor, body.kind, tuple(body.accounts)),
+                by=who.name, now=platform.now(), run_at=run_at, repeat_s=body.repeat_s, deadline_s=body.deadline_s,
+                params=body.params)
         except TaskError as err:
             raise HTTPException(400, str(err)) from None
         return platform.batch.get(task_id)

@@ -100,3 +100,30 @@ def test_bad_tasks_are_refused(rig):
         rig.tasks.create("x", "valve_close", Selector(building="B09"), by="a", now=rig.now())
     with pytest.raises(TaskError, match="is not a valve twin"):
         rig.tasks.create("x", "valve_close", Selector(twins=("B01-01-01.em",)), by="a", now=rig.now())
+
+
+def test_account_actions_registered_by_other_parts_run_per_account(rig):
+    """An action another part registers (billing's top-up) runs once per selected
+    account: by list, or the accounts of a building's floor; its text is the outcome,
+    and a refusal is recorded per account."""
+    calls = []
+
+    def top_up(account: str, params: dict, now: float, by: str) -> str:
+        if account.endswith("02"):
+            raise ValueError("account closed")
+        calls.append((account, params["amount_fen"], by))
+        return f"credited {params['amount_fen']} fen"
+
+    rig.tasks.register_account_action("topup", top_up)
+    task_id = rig.tasks.create("gift", "topup", Selector(building="B01", floor=3), by="finance", now=rig.now(),
+                               params={"amount_fen": 5000})
+    rig.tasks.run_due(rig.now())
+    items = rig.tasks.get(task_id)["runs"][0]["items"]
+    assert [(i["twin"], i["outcome"]) for i in items] == [("A-B01-03-01", "credited 5000 fen"),
+                                                         ("A-B01-03-02", "refused")]
+    assert items[1]["error"] == "account closed"
+    assert calls == [("A-B01-03-01", 5000, f"task:{task_id}")]
+    with pytest.raises(TaskError, match="not an account"):
+        rig.tasks.create("x", "topup", Selector(accounts=("A-NOPE",)), by="a", now=rig.now())
+    with pytest.raises(TaskError, match="valve_open, topup"):
+        rig.tasks.create("x", "refund", Selector(accounts=("A-B01-01-01",)), by="a", now=rig.now())
