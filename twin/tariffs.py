@@ -229,6 +229,10 @@ class PriceTables:
     thresholds: np.ndarray  #: float64 [tariffs, versions, MAX_TIERS - 1], +inf where unused
     surcharges_fen: np.ndarray  #: float64 [tariffs, versions, MAX_TIERS]
     band_names: list[list[str]]  #: per tariff, band names by index
+    onehot: np.ndarray  #: float64 [tariffs, MAX_BANDS, intervals]: 1 where the band is in force
+    n_bands: np.ndarray  #: int64 [tariffs]
+    segments: np.ndarray  #: int64 [tariffs, max segments + 1]: bounds where version or period change
+    n_segments: np.ndarray  #: int64 [tariffs]
 
 
 def price_tables(tariffs: list[Tariff], start_utc: int, n_intervals: int, interval_s: int,
@@ -282,4 +286,17 @@ def price_tables(tariffs: list[Tariff], start_utc: int, n_intervals: int, interv
             price[k, sel] = by_minute_price[minute[sel]]
             version[k, sel] = v
             period[k, sel] = midnight.year * 12 + midnight.month - 1 if tf.period == "month" else midnight.year
-    return PriceTables(band, price, version, period, thresholds, surcharges, names)
+    onehot = np.zeros((n_t, MAX_BANDS, n_intervals))
+    for k in range(n_t):
+        for b in range(len(names[k])):
+            onehot[k, b] = band[k] == b
+    bounds = []
+    for k in range(n_t):
+        change = np.flatnonzero((np.diff(version[k]) != 0) | (np.diff(period[k]) != 0)) + 1
+        bounds.append(np.concatenate(([0], change, [n_intervals])))
+    segments = np.zeros((n_t, max((len(b) for b in bounds), default=2)), dtype=np.int64)
+    for k, cut in enumerate(bounds):
+        segments[k, :len(cut)] = cut
+    return PriceTables(band, price, version, period, thresholds, surcharges, names, onehot,
+                       np.array([len(n) for n in names], dtype=np.int64), segments,
+                       np.array([len(b) - 1 for b in bounds], dtype=np.int64))

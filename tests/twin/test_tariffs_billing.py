@@ -78,6 +78,7 @@ def test_tiered_time_of_use_adds_the_tier_surcharge_to_the_band():
     table = {**TOU, "kind": "tiered_time_of_use", "thresholds_kwh": [200], "surcharges_yuan": [0, 0.05]}
     out = charge(table, utc(2026, 4, 10, 2, 0), [20.0], used0=190.0)
     assert out["charge_fen"] == pytest.approx(676.8)
+    assert out["band_fen"].sum() == pytest.approx(20 * 31.34) and out["tier_fen"][1] == pytest.approx(10 * 5.0)
     assert out["used_end"] == pytest.approx(210.0)
 
 
@@ -166,7 +167,8 @@ def test_kernel_agrees_with_the_plain_reference(seed, n, days):
     used0 = rng.uniform(0, 200, n)
     got = bill_fleet(energy, tariff_of, used0, tables)
     np.testing.assert_allclose(got["charge_fen"], reference(energy, tariff_of, used0, tables), rtol=1e-12, atol=1e-9)
-    np.testing.assert_allclose(got["band_fen"].sum(axis=1), got["charge_fen"], rtol=1e-12, atol=1e-9)
+    parts = got["band_fen"].sum(axis=1) + got["tier_fen"].sum(axis=1)  # 分时电费 + 阶梯加价
+    np.testing.assert_allclose(parts, got["charge_fen"], rtol=1e-12, atol=1e-9)
     np.testing.assert_allclose(got["band_units"].sum(axis=1), np.nansum(energy.astype(np.float64), axis=1),
                                rtol=1e-9, atol=1e-6)
     assert got["band_units"].shape == (n, MAX_BANDS) and got["tier_units"].shape == (n, MAX_TIERS)
