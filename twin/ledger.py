@@ -1,0 +1,238 @@
+"""The ledger: double-entry bookkeeping in integer fen, in SQLite (WAL, synchronous=FULL,
+`BEGIN IMMEDIATE` for every write).
+
+Every movement of money is a transfer from a debit account to a credit account; it writes
+two entries (-amount, +amount) and updates both accounts' balances in one transaction.
+So, after every transaction: all entries sum to zero, and each account's balance is the
+sum of its entries (`check()` verifies both). Entries are never edited: a correction is
+a reversing transfer that names the one it reverses.
+
+Accounts (ids are text):
+    resident:<account>       money a resident or tenant holds with the company (prepaid
+                             balance; negative = arrears)
+    revenue:<utility>        electric, water
+    revenue:fee:<item>       property fee, parking, ...
+    clearing:payments        money coming in from payments and going out in refunds
+
+A top-up is idempotent on its payment id: a replay returns the first result; the same id
+with another amount or account is refused. A refund never exceeds the balance. Charges
+accrue unrounded (float fen from the billing kernel) and post at a billing tick: one
+transfer per account per tick, rounded half-up, the unrounded remainder carried into the
+next posting, so posted charges never drift more than one fen from the exact total.
+"""
+
+from __future__ import annotations
+
+import math
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS accounts (
+    id TEXT PRIMARY KEY, kind TEXT NOT NULL, balance INTEGER NOT NULL DEFAULT 0, remainder REAL NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS transfers (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, debit TEXT NOT NULL,
+    credit TEXT NOT NULL, amount INTEGER NOT NULL CHECK (amount > 0), ref TEXT, reverses INTEGER UNIQUE,
+    memo TEXT
+);
+CREATE TABLE IF NOT EXISTS entries (
+    transfer INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS entries_account ON entries(account);
+CREATE TABLE IF NOT EXISTS payments (
+    payment_id TEXT PRIMARY KEY, account TEXT NOT NULL, amount INTEGER NOT NULL, transfer INTEGER NOT NULL
+);
+"""
+CLEARING = "clearing:payments"
+
+
+class LedgerError(ValueError):
+    """An operation the ledger refuses; the message says which rule it breaks."""
+
+
+@dataclass(frozen=True, slots=True)
+class TopUp:
+    """The result of a top-up: the transfer, the balance after it, and whether this call
+    was a replay of a payment already recorded."""
+
+    transfer: int  #: transfer id
+    balance_fen: int  #: the account's balance right after the top-up
+    replay: bool  #: True when the payment id was seen before
+
+
+def round_half_up(value: float) -> int:
+    """Round to the nearest whole fen, halves away from zero (0.5 -> 1, -0.5 -> -1)."""
+    return int(math.floor(abs(value) + 0.5)) * (1 if value >= 0 else -1)
+
+
+def resident(account: str) -> str:
+    """The ledger account of a resident or tenant account id."""
+    return f"resident:{account}"
+
+
+class Ledger:
+    """Example::
+
+        ledger = Ledger(Path("data/ledger.sqlite"))
+        ledger.top_up("pay-001", "A-B01-01-01", 10000, at=now)
+        ledger.post_charges({"A-B01-01-01": 1234.567}, "electric", at=now)
+        ledger.balance("A-B01-01-01")     # 8765 fen; 0.567 fen carried to the next posting
+    """
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.path = path
+        self.db = sqlite3.connect(path, timeout=30.0, isolation_level=None, check_same_thread=False)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=FULL")
+        self.db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        """Close the database."""
+        self.db.close()
+
+    @contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.db
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+
+    # -- accounts -----------------------------------------------------------------------
+
+    def _ensure(self, db: sqlite3.Connection, account: str) -> None:
+        kind = account.split(":", 1)[0]
+        if kind not in ("resident", "revenue", "clearing"):
+            raise LedgerError(f"account {account!r}: ids start with resident:, revenue: or clearing:")
+        db.execute("INSERT OR IGNORE INTO accounts(id, kind) VALUES (?, ?)", (account, kind))
+
+    def balance(self, account: str) -> int:
+        """A resident account's posted balance in fen (0 if it never moved)."""
+        row = self.db.execute("SELECT balance FROM accounts WHERE id = ?", (resident(account),)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def account_balance(self, ledger_account: str) -> int:
+        """Any ledger account's balance in fen (credits minus debits)."""
+        row = self.db.execute("SELECT balance FROM accounts WHERE id = ?", (ledger_account,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    # -- transfers ----------------------------------------------------------------------
+
+    def _transfer(self, db: sqlite3.Connection, kind: str, debit: str, credit: str, amount: int, at: float,
+                  ref: str | None = None, reverses: int | None = None, memo: str | None = None) -> int:
+        if not isinstance(amount, int) or isinstance(amount, bool) or amount <= 0:
+            raise LedgerError(f"{kind}: the amount must be a whole number of fen > 0, not {amount!r}")
+        if debit == credit:
+            raise LedgerError(f"{kind}: debit and credit are the same account {debit}")
+        self._ensure(db, debit)
+        self._ensure(db, credit)
+        cur = db.execute("INSERT INTO transfers(at, kind, debit, credit, amount, ref, reverses, memo)"
+                         " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (at, kind, debit, credit, amount, ref, reverses, memo))
+        transfer = int(cur.lastrowid or 0)
+        db.executemany("INSERT INTO entries(transfer, account, amount) VALUES (?, ?, ?)",
+                       [(transfer, debit, -amount), (transfer, credit, amount)])
+        db.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, debit))
+        db.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, credit))
+        return transfer
+
+    def top_up(self, payment_id: str, account: str, amount_fen: int, *, at: float) -> TopUp:
+        """Credit a resident account with a payment; idempotent on `payment_id`."""
+        if not payment_id:
+            raise LedgerError("a top-up needs its payment id")
+        with self._write() as db:
+            seen = db.execute("SELECT account, amount, transfer FROM payments WHERE payment_id = ?",
+                              (payment_id,)).fetchone()
+            if seen is not None:
+                if seen[0] != account or seen[1] != amount_fen:
+                    raise LedgerError(f"payment {payment_id!r} was recorded as {seen[1]} fen to {seen[0]}; "
+                                      f"refusing {amount_fen} fen to {account}")
+                balance = db.execute("SELECT balance FROM accounts WHERE id = ?", (resident(account),)).fetchone()
+                return TopUp(int(seen[2]), int(balance[0]), True)
+            transfer = self._transfer(db, "topup", CLEARING, resident(account), amount_fen, at, ref=payment_id)
+            db.execute("INSERT INTO payments(payment_id, account, amount, transfer) VALUES (?, ?, ?, ?)",
+                       (payment_id, account, amount_fen, transfer))
+            balance = db.execute("SELECT balance FROM accounts WHERE id = ?", (resident(account),)).fetchone()
+        return TopUp(transfer, int(balance[0]), False)
+
+    def deduct(self, account: str, amount_fen: int, utility: str, *, at: float, ref: str | None = None) -> int:
+        """Charge a resident account for a utility (the balance may go below zero: arrears)."""
+        with self._write() as db:
+            return self._transfer(db, "deduction", resident(account), f"revenue:{utility}", amount_fen, at, ref=ref)
+
+    def charge_fee(self, account: str, item: str, amount_fen: int, *, at: float, ref: str | None = None) -> int:
+        """Charge a fee item (property fee, parking) to a resident account."""
+        with self._write() as db:
+            return self._transfer(db, "fee", resident(account), f"revenue:fee:{item}", amount_fen, at, ref=ref)
+
+    def refund(self, account: str, amount_fen: int, *, at: float, ref: str | None = None) -> int:
+        """Pay money back (退费); never more than the balance."""
+        with self._write() as db:
+            row = db.execute("SELECT balance FROM accounts WHERE id = ?", (resident(account),)).fetchone()
+            balance = 0 if row is None else int(row[0])
+            if amount_fen > balance:
+                raise LedgerError(f"refund of {amount_fen} fen exceeds the balance of {account} ({balance} fen)")
+            return self._transfer(db, "refund", resident(account), CLEARING, amount_fen, at, ref=ref)
+
+    def reverse(self, transfer: int, *, at: float, reason: str) -> int:
+        """Undo a transfer with a new one in the other direction; a transfer is reversed
+        at most once, and a reversal is never reversed (make a new transfer instead)."""
+        with self._write() as db:
+            row = db.execute("SELECT debit, credit, amount, kind, reverses FROM transfers WHERE id = ?",
+                             (transfer,)).fetchone()
+            if row is None:
+                raise LedgerError(f"no transfer {transfer}")
+            if row[4] is not None:
+                raise LedgerError(f"transfer {transfer} is itself a reversal; record a new transfer instead")
+            if db.execute("SELECT 1 FROM transfers WHERE reverses = ?", (transfer,)).fetchone():
+                raise LedgerError(f"transfer {transfer} is already reversed")
+            return self._transfer(db, "reversal", row[1], row[0], int(row[2]), at, reverses=transfer,
+                                  memo=f"reverses {row[3]} {transfer}: {reason}")
+
+    def post_charges(self, charges: dict[str, float], utility: str, *, at: float, ref: str | None = None) -> int:
+        """Post accrued charges (float fen per account) in one transaction: one transfer
+        per account, rounded half-up with the carried remainder; returns transfers made."""
+        made = 0
+        with self._write() as db:
+            for account, exact in charges.items():
+                if not math.isfinite(exact):
+                    raise LedgerError(f"charge for {account} is {exact}; refusing to post")
+                self._ensure(db, resident(account))
+                carried = db.execute("SELECT remainder FROM accounts WHERE id = ?", (resident(account),)).fetchone()[0]
+                due = exact + carried
+                fen = round_half_up(due)
+                db.execute("UPDATE accounts SET remainder = ? WHERE id = ?", (due - fen, resident(account)))
+                if fen > 0:
+                    self._transfer(db, "charge", resident(account), f"revenue:{utility}", fen, at, ref=ref)
+                    made += 1
+                elif fen < 0:  # a credit (a register that ran back): pay it back to the account
+                    self._transfer(db, "charge", f"revenue:{utility}", resident(account), -fen, at, ref=ref)
+                    made += 1
+        return made
+
+    # -- invariants ---------------------------------------------------------------------
+
+    def check(self) -> None:
+        """Raise LedgerError if an invariant fails: entries sum to zero, each balance is the
+        sum of its entries, each transfer has its two entries, SQLite's integrity check."""
+        total = self.db.execute("SELECT COALESCE(SUM(amount), 0) FROM entries").fetchone()[0]
+        if total != 0:
+            raise LedgerError(f"entries sum to {total}, not 0")
+        bad = self.db.execute(
+            "SELECT a.id, a.balance, COALESCE(SUM(e.amount), 0) FROM accounts a LEFT JOIN entries e ON e.account = a.id"
+            " GROUP BY a.id HAVING a.balance != COALESCE(SUM(e.amount), 0) LIMIT 1").fetchone()
+        if bad is not None:
+            raise LedgerError(f"account {bad[0]} shows {bad[1]} fen but its entries sum to {bad[2]}")
+        pairs = self.db.execute("SELECT COUNT(*) FROM transfers t WHERE (SELECT COUNT(*) FROM entries e"
+                                " WHERE e.transfer = t.id) != 2").fetchone()[0]
+        if pairs:
+            raise LedgerError(f"{pairs} transfers do not have exactly two entries")
+        integrity = self.db.execute("PRAGMA integrity_check").fetchone()[0]
+        if integrity != "ok":
+            raise LedgerError(f"SQLite integrity check: {integrity}")
