@@ -1,11 +1,13 @@
 """The ledger: double-entry bookkeeping in integer fen, in SQLite (WAL, synchronous=FULL,
 `BEGIN IMMEDIATE` for every write).
 
-Every movement of money is a transfer from a debit account to a credit account; it writes
-two entries (-amount, +amount) and updates both accounts' balances in one transaction.
-So, after every transaction: all entries sum to zero, and each account's balance is the
-sum of its entries (`check()` verifies both). Entries are never edited: a correction is
-a reversing transfer that names the one it reverses.
+Every movement of money is a transfer of a positive amount from a debit account to a
+credit account, stored once; its two entries (-amount on the debit, +amount on the
+credit) are the `entries` view over the transfers, so no entry can exist without its
+twin. Each transfer updates both accounts' balances in the same transaction. After every
+transaction: all entries sum to zero, and each account's balance is the sum of its
+entries (`check()` verifies both). Transfers are never edited: a correction is a
+reversing transfer that names the one it reverses.
 
 Accounts (ids are text):
     resident:<account>       money a resident or tenant holds with the company (prepaid
@@ -30,19 +32,19 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
     id TEXT PRIMARY KEY, kind TEXT NOT NULL, balance INTEGER NOT NULL DEFAULT 0, remainder REAL NOT NULL DEFAULT 0
 );
 CREATE TABLE IF NOT EXISTS transfers (
-    id INTEGER PRIMARY KEY AUTOINCREMENT, at REAL NOT NULL, kind TEXT NOT NULL, debit TEXT NOT NULL,
-    credit TEXT NOT NULL, amount INTEGER NOT NULL CHECK (amount > 0), ref TEXT, reverses INTEGER UNIQUE,
-    memo TEXT
+    id INTEGER PRIMARY KEY, at REAL NOT NULL, kind TEXT NOT NULL, debit TEXT NOT NULL,
+    credit TEXT NOT NULL, amount INTEGER NOT NULL CHECK (amount > 0), ref TEXT, reverses INTEGER, memo TEXT
 );
-CREATE TABLE IF NOT EXISTS entries (
-    transfer INTEGER NOT NULL, account TEXT NOT NULL, amount INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS entries_account ON entries(account);
+CREATE UNIQUE INDEX IF NOT EXISTS transfers_reverses ON transfers(reverses) WHERE reverses IS NOT NULL;
+CREATE VIEW IF NOT EXISTS entries(transfer, account, amount) AS
+    SELECT id, debit, -amount FROM transfers UNION ALL SELECT id, credit, amount FROM transfers;
 CREATE TABLE IF NOT EXISTS payments (
     payment_id TEXT PRIMARY KEY, account TEXT NOT NULL, amount INTEGER NOT NULL, transfer INTEGER NOT NULL
 );
@@ -136,8 +138,6 @@ class Ledger:
         cur = db.execute("INSERT INTO transfers(at, kind, debit, credit, amount, ref, reverses, memo)"
                          " VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (at, kind, debit, credit, amount, ref, reverses, memo))
         transfer = int(cur.lastrowid or 0)
-        db.executemany("INSERT INTO entries(transfer, account, amount) VALUES (?, ?, ?)",
-                       [(transfer, debit, -amount), (transfer, credit, amount)])
         db.execute("UPDATE accounts SET balance = balance - ? WHERE id = ?", (amount, debit))
         db.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (amount, credit))
         return transfer
@@ -197,30 +197,40 @@ class Ledger:
 
     def post_charges(self, charges: dict[str, float], utility: str, *, at: float, ref: str | None = None) -> int:
         """Post accrued charges (float fen per account) in one transaction: one transfer
-        per account, rounded half-up with the carried remainder; returns transfers made."""
-        made = 0
+        per account, rounded half-up with the carried remainder; returns transfers made.
+        Built with batched statements so a tick of 100,000 accounts is one short commit."""
+        for account, exact in charges.items():
+            if not math.isfinite(exact):
+                raise LedgerError(f"charge for {account} is {exact}; refusing to post")
+        revenue = f"revenue:{utility}"
+        ids = [resident(a) for a in charges]
         with self._write() as db:
-            for account, exact in charges.items():
-                if not math.isfinite(exact):
-                    raise LedgerError(f"charge for {account} is {exact}; refusing to post")
-                self._ensure(db, resident(account))
-                carried = db.execute("SELECT remainder FROM accounts WHERE id = ?", (resident(account),)).fetchone()[0]
-                due = exact + carried
-                fen = round_half_up(due)
-                db.execute("UPDATE accounts SET remainder = ? WHERE id = ?", (due - fen, resident(account)))
-                if fen > 0:
-                    self._transfer(db, "charge", resident(account), f"revenue:{utility}", fen, at, ref=ref)
-                    made += 1
-                elif fen < 0:  # a credit (a register that ran back): pay it back to the account
-                    self._transfer(db, "charge", f"revenue:{utility}", resident(account), -fen, at, ref=ref)
-                    made += 1
-        return made
+            self._ensure(db, revenue)
+            carried = dict(db.execute("SELECT id, remainder FROM accounts WHERE kind = 'resident'").fetchall())
+            new = [(i,) for i in ids if i not in carried]
+            db.executemany("INSERT INTO accounts(id, kind) VALUES (?, 'resident')", new)
+            carried.update((i, 0.0) for (i,) in new)
+            next_id = int(db.execute("SELECT COALESCE(MAX(id), 0) FROM transfers").fetchone()[0]) + 1
+            exact_fen = np.fromiter(charges.values(), dtype=np.float64, count=len(charges))
+            due = exact_fen + np.array([carried[i] for i in ids], dtype=np.float64)
+            fen = (np.floor(np.abs(due) + 0.5) * np.sign(due)).astype(np.int64)  # half-up, away from zero
+            db.executemany("UPDATE accounts SET remainder = ?, balance = balance - ? WHERE id = ?",
+                           zip((due - fen).tolist(), fen.tolist(), ids, strict=True))
+            moved = np.flatnonzero(fen)
+            transfers = [
+                (next_id + n, at, "charge", ids[i], revenue, f, ref) if f > 0 else
+                (next_id + n, at, "charge", revenue, ids[i], -f, ref)
+                for n, (i, f) in enumerate(zip(moved.tolist(), fen[moved].tolist(), strict=True))]
+            db.executemany("INSERT INTO transfers(id, at, kind, debit, credit, amount, ref)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?)", transfers)
+            db.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (int(fen.sum()), revenue))
+        return len(transfers)
 
     # -- invariants ---------------------------------------------------------------------
 
     def check(self) -> None:
         """Raise LedgerError if an invariant fails: entries sum to zero, each balance is the
-        sum of its entries, each transfer has its two entries, SQLite's integrity check."""
+        sum of its entries, every entry's account exists, SQLite's integrity check."""
         total = self.db.execute("SELECT COALESCE(SUM(amount), 0) FROM entries").fetchone()[0]
         if total != 0:
             raise LedgerError(f"entries sum to {total}, not 0")
@@ -229,10 +239,10 @@ class Ledger:
             " GROUP BY a.id HAVING a.balance != COALESCE(SUM(e.amount), 0) LIMIT 1").fetchone()
         if bad is not None:
             raise LedgerError(f"account {bad[0]} shows {bad[1]} fen but its entries sum to {bad[2]}")
-        pairs = self.db.execute("SELECT COUNT(*) FROM transfers t WHERE (SELECT COUNT(*) FROM entries e"
-                                " WHERE e.transfer = t.id) != 2").fetchone()[0]
-        if pairs:
-            raise LedgerError(f"{pairs} transfers do not have exactly two entries")
+        known = self.db.execute("SELECT COUNT(*) FROM entries e LEFT JOIN accounts a ON a.id = e.account"
+                                " WHERE a.id IS NULL").fetchone()[0]
+        if known:
+            raise LedgerError(f"{known} entries name accounts that do not exist")
         integrity = self.db.execute("PRAGMA integrity_check").fetchone()[0]
         if integrity != "ok":
             raise LedgerError(f"SQLite integrity check: {integrity}")
