@@ -1,8 +1,9 @@
 """`python -m bench [NAMES...] [--quick]`: run the benchmarks, print the table, write
 bench/results.json.
 
-Each module bench/bench_*.py has `run(report)`. A module that fails is reported on stderr
-and the others still run; the exit status is then 1.
+Each module bench/bench_*.py has `run(report)`; they run in name order, with a progress
+line per module on stderr. A module that fails has its traceback printed on stderr and is
+marked failed; the others still run, and the exit status is then 1.
 """
 
 from __future__ import annotations
@@ -19,38 +20,64 @@ from bench.harness import Report
 
 HERE = Path(__file__).resolve().parent
 
+EPILOG = """\
+Each figure is printed beside a baseline measured in the same run that does the same work
+the plain way (numpy, a bare Numba loop, raw file I/O); ratio = value / baseline value.
+
+examples:
+  python -m bench                  # every benchmark (what `make bench` runs)
+  python -m bench numpy billing    # only bench_numpy_baseline.py and bench_billing.py
+  python -m bench sim --quick      # the simulator at a small size
+  make bench BENCH_ARGS='--quick'  # the same through make
+"""
+
+
+def discover() -> list[str]:
+    """The benchmark modules, bench/bench_*.py, by name."""
+    return sorted(p.stem for p in HERE.glob("bench_*.py"))
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m bench", description="Run MeterTwin's benchmarks and print figures against baselines "
-        "measured in the same run; writes bench/results.json.",
-        epilog="examples:\n  python -m bench            # everything (make bench)\n"
-               "  python -m bench sim --quick # the simulator at a small size",
-        formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("names", nargs="*", help="run only modules whose name contains one of these")
-    parser.add_argument("--quick", action="store_true", help="small sizes (sets METERTWIN_BENCH_QUICK=1)")
-    parser.add_argument("--json", default=str(HERE / "results.json"), help="where to write the results")
+        prog="python -m bench", description="Run MeterTwin's benchmarks (bench/bench_*.py), print each figure "
+        "against its baseline, and write bench/results.json.",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("names", nargs="*", metavar="NAME",
+                        help="run only the modules whose name contains one of these (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes, for a smoke run (sets METERTWIN_BENCH_QUICK=1)")
+    parser.add_argument("--json", default=str(HERE / "results.json"), metavar="PATH",
+                        help="where to write the results (default: bench/results.json)")
     args = parser.parse_args(argv)
     if args.quick:
         os.environ["METERTWIN_BENCH_QUICK"] = "1"
-    modules = sorted(p.stem for p in HERE.glob("bench_*.py"))
+    modules = discover()
     if args.names:
         modules = [m for m in modules if any(n in m for n in args.names)]
+        if not modules:
+            print(f"bench: no module matches {' '.join(args.names)}; there are: {', '.join(discover())}",
+                  file=sys.stderr)
+            return 2
     report = Report()
-    for name in modules:
+    for i, name in enumerate(modules, 1):
         started = time.perf_counter()
-        print(f"bench: {name} ...", file=sys.stderr, flush=True)
+        print(f"bench [{i}/{len(modules)}]: {name} ...", file=sys.stderr, flush=True)
         try:
             importlib.import_module(f"bench.{name}").run(report)
-        except Exception:  # report and go on: one broken benchmark must not hide the others
+        except (Exception, SystemExit):  # report and go on: one broken benchmark must not hide the others
             traceback.print_exc()
             report.failed.append(name)
-            print(f"bench: {name} FAILED after {time.perf_counter() - started:.1f}s", file=sys.stderr)
+            print(f"bench [{i}/{len(modules)}]: {name} FAILED after {time.perf_counter() - started:.1f}s",
+                  file=sys.stderr, flush=True)
             continue
-        print(f"bench: {name} done in {time.perf_counter() - started:.1f}s", file=sys.stderr, flush=True)
-    print(report.table())
+        print(f"bench [{i}/{len(modules)}]: {name} done in {time.perf_counter() - started:.1f}s",
+              file=sys.stderr, flush=True)
+    print()
+    report.print_table()
     report.write_json(args.json)
-    print(f"\nwritten: {args.json}" + (f"; failed: {', '.join(report.failed)}" if report.failed else ""))
+    print(f"\nwritten: {args.json}", file=sys.stderr)
+    if report.failed:
+        print(f"bench: FAILED: {', '.join(report.failed)}", file=sys.stderr)
     return 1 if report.failed else 0
 
 

@@ -90,6 +90,7 @@ from scenarios.schema import (
     When,
 )
 from twin.model import Account, Building, Floor, Kind, Room, Site, TwinSpec
+from twin.tariffs import TariffError, parse_tariff
 
 INTERVALS = {"1min": 60, "5min": 300, "10min": 600, "15min": 900, "30min": 1800, "1h": 3600, "1d": 86400}
 CIRCUITS = ("lighting", "pump", "garage", "hvac", "other")
@@ -367,6 +368,11 @@ def _build(doc: dict[str, Any], r: _Reader, path: str) -> Scenario:
     for name, table in tariffs.items():
         if not isinstance(table, dict):
             raise r.fail(("tariffs", name), "a tariff is a table")
+        try:
+            parse_tariff(name, table)
+        except TariffError as err:
+            field = re.search(r"\.(\w+)", str(err).split(":")[0])
+            raise r.fail(("tariffs", name, field.group(1)) if field else ("tariffs", name), str(err)) from None
     fee_items = doc.get("fee_items", [])
     if not isinstance(fee_items, list) or not all(isinstance(f, dict) for f in fee_items):
         raise r.fail(("fee_items",), "must be an array of tables: [[fee_items]]")
@@ -379,6 +385,11 @@ def _build(doc: dict[str, Any], r: _Reader, path: str) -> Scenario:
     for i, block in enumerate(blocks):
         built.block(block, ("buildings", i))
     built.finish()
+    utilities = {name: parse_tariff(name, table).utility for name, table in tariffs.items()}
+    for twin in site.twins:
+        if twin.tariff is not None and twin.utility is not None and utilities[twin.tariff] != twin.utility:
+            raise r.fail(("tariffs", twin.tariff), f"tariff {twin.tariff!r} is for {utilities[twin.tariff]}, "
+                                                   f"but {twin.id} meters {twin.utility}; set utility in the tariff")
     injections = _injections(r, doc.get("inject", []), built.twin_ids)
     randoms = _randoms(r, doc.get("random_inject", []))
     residents = _residents(r, doc["residents"]) if "residents" in doc else None

@@ -1,4 +1,5 @@
-"""Shared fixtures: small hand-built sites and scenarios, independent of the scenario loader."""
+"""Shared fixtures: small hand-built sites and scenarios, independent of the scenario loader;
+a free loopback port. Helpers for Debian programs a test needs are in tests/support.py."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from collections.abc import Callable
 import pytest
 
 from scenarios.schema import Injection, RandomInjections, Residents, Scenario
+from tests import support
 from twin.model import Account, Building, Floor, Kind, Room, Site, TwinSpec
 
 
@@ -66,3 +68,9 @@ def scenario_factory() -> Callable[..., Scenario]:
         return make_scenario(build_site(**site_args), injections, randoms, residents)  # type: ignore[arg-type]
 
     return factory
+
+
+@pytest.fixture
+def free_tcp_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a server the test starts."""
+    return support.free_tcp_port()

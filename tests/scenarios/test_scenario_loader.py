@@ -22,6 +22,7 @@ monthly_kwh = 200
 
 [tariffs.p]
 kind = "flat"
+price_yuan = 0.55
 
 [[buildings]]
 ids = "B01..B02"
@@ -124,20 +125,21 @@ flow_lph = 12
 
 ERRORS = [
     # (replace this, with this, line, field fragment, message fragment)
-    ('floors = 3', 'floors = "three"', 12, "buildings[0].floors", "must be a int"),
-    ('phases = 1', 'phases = 2', 14, "buildings[0].electric.phases", "phases must be 1 or 3"),
-    ('floors = 3', 'floors = 3\ncolour = "red"', 13, "buildings[0].colour", "unknown key 'colour'"),
-    ('tariff = "p"', 'tariff = "q"', 14, "buildings[0].electric.tariff", "tariff 'q' is not defined"),
-    ('schedule = "18:00-06:00"', 'schedule = "18:00-25:00"', 23, "buildings[0].shared[0].schedule",
+    ('floors = 3', 'floors = "three"', 13, "buildings[0].floors", "must be a int"),
+    ('phases = 1', 'phases = 2', 15, "buildings[0].electric.phases", "phases must be 1 or 3"),
+    ('floors = 3', 'floors = 3\ncolour = "red"', 14, "buildings[0].colour", "unknown key 'colour'"),
+    ('tariff = "p"', 'tariff = "q"', 15, "buildings[0].electric.tariff", "tariff 'q' is not defined"),
+    ('schedule = "18:00-06:00"', 'schedule = "18:00-25:00"', 24, "buildings[0].shared[0].schedule",
      "not a time of day"),
     ('id = "S1"', 'id = "S1"\ninterval = "7min"', 3, "site.interval", "interval must be one of"),
     ('id = "S1"', 'id = "S1"\ntimezone = "Mars/Olympus"', 3, "site.timezone", "unknown time zone"),
     ('monthly_kwh = 200', 'monthly_kwh = -5', 5, "profiles.household.monthly_kwh", ">= 0"),
-    ('[[buildings]]\nids = "B01..B02"', '[[buildings]]\nprofile = "nobody"\nids = "B01..B02"', 11,
+    ('[[buildings]]\nids = "B01..B02"', '[[buildings]]\nprofile = "nobody"\nids = "B01..B02"', 12,
      "buildings[0].profile", "profile 'nobody' is not defined"),
-    ('kind = "flat"\n', 'kind = "flat"\n[[buildings]]\nid = "B02"\nfloors = 1\nrooms_per_floor = 1\n', 10,
+    ('price_yuan = 0.55\n', 'price_yuan = 0.55\n[[buildings]]\nid = "B02"\nfloors = 1\nrooms_per_floor = 1\n', 10,
      "buildings[1].ids", "building B02 is defined twice"),
     ('monthly_kwh = 200', 'monthly_kwh = 200 200', 5, "profiles.household.monthly_kwh", "TOML syntax"),
+    ('price_yuan = 0.55', 'price_yuan = -1', 9, "tariffs.p.price_yuan", "give the price in yuan"),
 ]
 
 
