@@ -35,5 +35,5 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .ruff_cache .mypy_cache .hypothesis bench/results.json
+	rm -rf $(VENV) *.egg-info out .pytest_cache .ruff_cache .mypy_cache .hypothesis bench/results.json
 	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -28,7 +28,7 @@ examples:
   python -m bench                  # every benchmark (what `make bench` runs)
   python -m bench numpy billing    # only bench_numpy_baseline.py and bench_billing.py
   python -m bench sim --quick      # the simulator at a small size
-  make bench BENCH_ARGS='--quick'  # the same through make
+  make bench BENCH_ARGS=--quick    # every benchmark at small sizes, through make
 """
 
 

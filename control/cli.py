@@ -46,6 +46,16 @@ examples:
   echo 'a long passphrase' | metertwin users add bob --role viewer --password-stdin
   metertwin users list"""
 
+EXAMPLES["bill"] = """\
+examples:
+  metertwin simulate scenarios/demo-community.toml --days 31 --out out/jan
+  metertwin bill scenarios/demo-community.toml out/jan --month 2026-01 > jan.csv
+  metertwin bill scenarios/mall.toml out/mall --tariff commercial-tou   # what if every shop were on it?
+
+Prints CSV on stdout: per account and utility the units, the charge, units and charges
+by band (band1.. in the tariff's order) and tier surcharges by tier; totals last.
+Band parts plus tier surcharges make the charge. It never touches the ledger."""
+
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|sec|min|m|h)?\s*$")
 
 
@@ -125,6 +135,17 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--webhook", action="append", default=[], metavar="URL",
                      help="POST every alarm transition as JSON to URL (repeatable)")
 
+    bill = commands.add_parser(
+        "bill", help="bill a stored history under the scenario's tariffs (CSV on stdout)",
+        description="Bill a month of a stored history under the scenario's tariffs, or under another "
+                    "named tariff to compare, and print per-account energy and charges as CSV.",
+        epilog=EXAMPLES["bill"], formatter_class=argparse.RawDescriptionHelpFormatter)
+    bill.add_argument("scenario", metavar="SCENARIO", help="scenario TOML file (its tariffs and accounts)")
+    bill.add_argument("history", metavar="HISTORY_DIR", help="history directory (see docs/history-format.md)")
+    bill.add_argument("--month", default=None, help="site-local month YYYY-MM (default: the history's last)")
+    bill.add_argument("--tariff", default=None, metavar="NAME",
+                      help="bill every meter of that tariff's utility under NAME instead")
+
     data_help = "data directory of the platform (default ./data)"
     keys = commands.add_parser("keys", help="make, list and revoke API keys",
                                description="Manage API keys in a data directory.", epilog=EXAMPLES["keys"],
@@ -192,6 +213,17 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bill(args: argparse.Namespace) -> int:
+    """`metertwin bill`: CSV on stdout, a one-line summary on stderr."""
+    from control.bill import bill_history, write_csv
+
+    month, lines, band_names = bill_history(args.scenario, args.history, args.month, args.tariff)
+    totals = write_csv(month, lines, band_names)
+    summary = ", ".join(f"{utility} {yuan:,.2f} yuan" for utility, yuan in sorted(totals.items()))
+    print(f"billed {month}: {len(lines)} account lines; {summary}", file=sys.stderr)
+    return 0
+
+
 def _auth(data: str):  # type: ignore[no-untyped-def]
     from pathlib import Path
 
@@ -244,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = build_parser().parse_args(argv)
     try:
-        handlers = {"simulate": cmd_simulate, "run": cmd_run, "keys": cmd_keys, "users": cmd_users}
+        handlers = {"simulate": cmd_simulate, "run": cmd_run, "keys": cmd_keys, "users": cmd_users, "bill": cmd_bill}
         return handlers[args.command](args)
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)
@@ -256,6 +288,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `metertwin bill ... | head`: the reader left; that is fine
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

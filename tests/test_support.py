@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import socket
 import sys
 import types
@@ -14,7 +15,8 @@ import pytest
 
 import bench.__main__ as bench_main
 from bench.harness import Report
-from tests.support import free_tcp_port, require_program
+from tests import support
+from tests.support import require_program
 
 
 def test_missing_program_skips_outside_ci(monkeypatch):
@@ -45,15 +47,11 @@ def test_present_program_is_found_by_path(monkeypatch):
 
 def test_free_tcp_port_fixture_can_be_bound(free_tcp_port):
     """The free_tcp_port fixture gives a loopback port a server can listen on; so does the helper."""
-    for port in (free_tcp_port, free_tcp_port_helper()):
+    for port in (free_tcp_port, support.free_tcp_port()):
         assert 1024 <= port < 65536
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             s.bind(("127.0.0.1", port))
             s.listen()
-
-
-def free_tcp_port_helper() -> int:
-    return free_tcp_port()
 
 
 def test_bench_ratio_is_value_over_baseline():
@@ -133,12 +131,13 @@ def test_bench_runner_selects_by_name_and_sets_quick(monkeypatch, tmp_path, caps
     """NAMES select the modules whose name contains one of them; --quick sets
     METERTWIN_BENCH_QUICK=1 for the benchmarks; a NAME matching nothing is an error."""
     seen = {}
-    monkeypatch.delenv("METERTWIN_BENCH_QUICK", raising=False)
-    fake_benchmarks(monkeypatch, tmp_path,
-                    numpy_x=lambda report: seen.setdefault("numpy_x", bench_main.os.environ.get(
-                        "METERTWIN_BENCH_QUICK")),
-                    other=lambda report: seen.setdefault("other", True))
-    monkeypatch.setattr(bench_main.os, "environ", dict(bench_main.os.environ))  # --quick must not leak
+
+    def record(name):
+        return lambda report: seen.setdefault(name, os.environ.get("METERTWIN_BENCH_QUICK"))
+
+    # setenv, so that teardown restores the variable the runner sets
+    monkeypatch.setenv("METERTWIN_BENCH_QUICK", "0")
+    fake_benchmarks(monkeypatch, tmp_path, numpy_x=record("numpy_x"), other=record("other"))
     assert bench_main.main(["numpy", "--quick", "--json", str(tmp_path / "r.json")]) == 0
     assert seen == {"numpy_x": "1"}
     assert bench_main.main(["no-such-bench", "--json", str(tmp_path / "r.json")]) == 2
