@@ -307,7 +307,7 @@ PROFILE_RULES = {
 }
 TOP_KEYS = ("site", "profiles", "tariffs", "fee_items", "buildings", "rooms", "inject", "random_inject",
             "residents")
-RESIDENT_KEYS = ("opening_yuan", "topup_below_yuan", "topup_delay_hours", "topup_yuan")
+RESIDENT_KEYS = ("opening_yuan", "topup_below_yuan", "topup_delay_hours", "topup_yuan", "billing")
 
 
 def load_scenario(path: str | Path) -> Scenario:
@@ -416,6 +416,8 @@ def _residents(r: _Reader, raw: Any) -> Residents:
         values["topup_yuan"] = tuple(float(v) for v in amounts)
     values["topup_delay_hours"] = r.get(raw, "topup_delay_hours", where, float, 18.0, check=lambda v: v > 0,
                                         rule="topup_delay_hours must be > 0")
+    values["billing"] = r.get(raw, "billing", where, str, "meter", check=("meter", "platform").__contains__,
+                              rule="billing is 'meter' (the meter holds the credit) or 'platform' (the ledger does)")
     try:
         return Residents(**values)
     except ValueError as err:

@@ -156,8 +156,11 @@ class Residents:
     topup_below_yuan: tuple[float, float] = (10.0, 60.0)  #: a resident's top-up trigger, drawn
     topup_delay_hours: float = 18.0  #: median wait before topping up (lognormal; some wait days)
     topup_yuan: tuple[float, ...] = (100.0, 200.0, 300.0, 500.0)  #: amounts residents pay
+    billing: str = "meter"  #: "meter": the meter holds the credit; "platform": the platform's ledger does
 
     def __post_init__(self) -> None:
+        if self.billing not in ("meter", "platform"):
+            raise ValueError("billing is 'meter' or 'platform'")
         for name in ("opening_yuan", "topup_below_yuan"):
             low, high = getattr(self, name)
             if not 0 <= low <= high:

@@ -64,9 +64,23 @@ class PrepaidMeters:
         self.cut = np.zeros(len(ids), dtype=bool)  # the meter tripped its own relay
         self.topups = np.zeros(len(ids), dtype=np.int64)  # top-ups so far, the draw counter
 
+    @property
+    def on_meter(self) -> bool:
+        """True when the meters hold the credit (meter billing)."""
+        return self.residents.billing == "meter"
+
     def deduct(self, energy_kwh: np.ndarray) -> None:
-        """Take the measured energy of an interval off the credit."""
-        self.credit_fen -= np.where(self.active, energy_kwh * self.price_fen, 0.0)
+        """Take the measured energy of an interval off the credit (meter billing only)."""
+        if self.on_meter:
+            self.credit_fen -= np.where(self.active, energy_kwh * self.price_fen, 0.0)
+
+    def platform_due(self, balance_fen: np.ndarray) -> np.ndarray:
+        """Platform billing: rows whose resident now decides to top up, seeing the
+        platform's available balance of their account (as in the app)."""
+        self.credit_fen = balance_fen.astype(np.float64)
+        low = np.flatnonzero(self.active & ~self.pending & (self.credit_fen < self.threshold_fen))
+        self.pending[low] = True
+        return low
 
     def due(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Rows whose resident now decides to top up, rows to trip, rows to restore."""
@@ -89,7 +103,8 @@ class PrepaidMeters:
         amounts = self.residents.topup_yuan
         pick = uniform(self.keys[row], np.uint64(101 + 2 * int(self.topups[row])))
         fen = int(round(100 * amounts[min(int(pick * len(amounts)), len(amounts) - 1)]))
-        self.credit_fen[row] += fen
+        if self.on_meter:
+            self.credit_fen[row] += fen
         self.topups[row] += 1
         self.pending[row] = False
         return fen

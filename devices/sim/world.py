@@ -149,6 +149,12 @@ class World:
             scenario.injections, scenario.random_injections, self.site.twins, self.column_of,
             self.group_row, self.start, self.days, step_s, self.interval_s, seed,
         )
+        #: live hooks: each closed interval (UTC start, reported row) goes to `on_interval`;
+        #: in platform billing, `balance_of(accounts)` gives available balances (fen) and
+        #: `on_payment(account, fen, payment_id)` receives the residents' top-ups
+        self.on_interval: Callable[[int, np.ndarray], None] | None = None
+        self.balance_of: Callable[[list[str | None]], np.ndarray] | None = None
+        self.on_payment: Callable[[str, int, str], None] | None = None
         self.prepaid: PrepaidMeters | None = None
         if scenario.residents is not None:
             e = self.groups["e"]
@@ -488,6 +494,8 @@ class World:
                 c = inj.column
                 apply_reporting(inj, row[c:c + 1], reported[c:c + 1], first_step, self.spi, minute, self.run_steps)
         self.interval_in_day += 1
+        if self.on_interval is not None:
+            self.on_interval(self.start_utc + first_step * self.step_s, reported)
         if self.feed_every_interval:
             ts = self.start_utc + (first_step + self.spi) * self.step_s
             self._feed_twins(np.nan_to_num(reported).astype(np.float64), reported, ts)
@@ -497,6 +505,11 @@ class World:
         top up (a SimPy process each); meters at zero trip, meters back in credit close."""
         meters = self.prepaid
         assert meters is not None
+        if not meters.on_meter:
+            if self.balance_of is not None:
+                for row in meters.platform_due(self.balance_of(meters.accounts)):
+                    self.env.process(resident_process(self.env, meters, int(row), self._topped_up))
+            return
         meters.deduct(self.acc_e)
         low, trip, restore = meters.due()
         for row in low:
@@ -511,6 +524,11 @@ class World:
         assert meters is not None
         twin = meters.ids[row]
         self.events.append(Event(self.now_utc(), twin, "topup", str(fen), f"resident {meters.accounts[row]}"))
+        if not meters.on_meter:
+            account = meters.accounts[row]
+            if self.on_payment is not None and account is not None:
+                self.on_payment(account, fen, f"sim:{twin}:{int(meters.topups[row])}")
+            return
         if meters.cut[row] and meters.credit_fen[row] > 0:
             meters.cut[row] = False
             self.set_relay(twin, True, source="meter: credit restored")
