@@ -21,6 +21,7 @@ import hmac
 import json
 import logging
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from twin.ledger import Ledger, LedgerError, TopUp
@@ -88,3 +89,10 @@ def credit(ledger: Ledger, secrets: dict[str, bytes], headers: dict[str, str], b
     except (PaymentRejected, LedgerError) as err:
         log.warning("payment callback rejected: %s", err)
         raise PaymentRejected(str(err)) from None
+
+
+def load_secrets(path: Path) -> dict[str, bytes]:
+    """Provider secrets from DATA/payment_providers.json (`{"wxpay": "secret", ...}`), if any."""
+    if not path.exists():
+        return {}
+    return {name: str(secret).encode() for name, secret in json.loads(path.read_text()).items()}

@@ -23,21 +23,28 @@ import json
 import logging
 import signal
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
+import numpy as np
+
 from control.auth import Auth
 from control.batch import TaskBook
+from control.billing import LiveBilling
 from control.commands import Command, CommandBook
 from control.notify import Notifier
+from control.payments import load_secrets
+from control.policies import AccountPolicyState, PolicySettings, PrepaidPolicy
 from control.store import Store
 from devices.sim.world import DayResult, World
 from scenarios.loader import load_scenario
 from twin.alarms import Alarm, AlarmBook, Severity
 from twin.history import HistoryWriter, Topology
+from twin.ledger import Ledger
 from twin.model import Kind
 
 log = logging.getLogger("metertwin")
@@ -107,12 +114,14 @@ class Platform:
     """Everything `metertwin run` runs, built and resumed from a data directory."""
 
     def __init__(self, scenario_path: str, data_dir: str | Path, *, speed: float = 60.0,
-                 start: datetime | None = None, seed: int = 0, webhooks: list[str] | None = None) -> None:
+                 start: datetime | None = None, seed: int = 0, webhooks: list[str] | None = None,
+                 billing_tick_s: float = 86400.0) -> None:
         self.data = Path(data_dir)
         self.data.mkdir(parents=True, exist_ok=True)
         self.scenario_path = scenario_path
         self.scenario = load_scenario(scenario_path)
         self.twin_specs = {t.id: t for t in self.scenario.site.twins}
+        self.accounts = {a.id: a for a in self.scenario.site.accounts}
         self.store = Store(self.data / "control.sqlite")
         self.store.db.executescript(WRITES_SCHEMA)
         self.auth = Auth(self.store)
@@ -140,6 +149,7 @@ class Platform:
         self.commands = CommandBook(self.store, self.world.state, RecordingDevice(self), valves,
                                     self.world.interval_s, self._command_problem)
         self.batch = TaskBook(self.store, self.scenario.site, self.commands)
+        self._setup_billing()
         replay_started = time.perf_counter()
         self.world.begin(self._on_day)
         self.world.advance_to(resume_s)
@@ -148,6 +158,9 @@ class Platform:
         self.clock = SimClock(resume_s, speed)
         self.tasks: list[PeriodicTask] = []
         self.every("offline check", 2 * self.world.interval_s, self._check_offline)
+        self.every("billing tick", billing_tick_s, self._billing_tick)
+        if self.platform_billing:
+            self.every("prepaid policy", self.world.interval_s, self._run_policies)
         self.started_wall = time.time()
         self.lock = asyncio.Lock()  # binds to the running loop on first use
         self.stopping = False
@@ -164,6 +177,10 @@ class Platform:
         """Platform time: the world's clock as UTC epoch seconds."""
         return self.world.start_utc + self.world.now_s
 
+    def wall_now(self) -> float:
+        """Wall-clock UTC: payment providers sign with real time, whatever the world's speed."""
+        return time.time()
+
     def _replay_writes(self, until_s: float) -> None:
         rows = self.store.db.execute("SELECT sim_s, twin, field, value, source FROM world_writes ORDER BY seq")
         for row in rows:
@@ -171,6 +188,79 @@ class Platform:
                 continue  # recorded after the last saved time: the command resumes it
             apply = functools.partial(self.world.write, row["twin"], row["field"], int(row["value"]), row["source"])
             self.world.at(timedelta(seconds=float(row["sim_s"])), apply)
+
+    # -- billing and prepaid policies -------------------------------------------------------
+
+    def _setup_billing(self) -> None:
+        """The ledger, live billing, and (in platform billing) the residents' link to it."""
+        self.ledger = Ledger(self.data / "ledger.sqlite")
+        self.payment_secrets = load_secrets(self.data / "payment_providers.json")
+        self.billing = LiveBilling(self.scenario, self.world.column_of, self.ledger, self.world.interval_s)
+        self.posted_until = float(self.store.get_meta("billing_posted_until") or 0.0)
+        self.world.on_interval = self._on_interval
+        residents = self.scenario.residents
+        self.platform_billing = residents is not None and residents.billing == "platform"
+        self.policy = PrepaidPolicy(PolicySettings(timezone=self.scenario.site.timezone))
+        saved = self.store.get_meta("policy_states")
+        if saved:
+            for account, state in json.loads(saved).items():
+                self.policy.states[account] = AccountPolicyState(state["level"], state["cut"], state["access"])
+        self.account_twins: dict[str, list[str]] = defaultdict(list)
+        for twin in self.scenario.site.twins:
+            if twin.account and twin.kind in (Kind.ELECTRIC_METER, Kind.VALVE):
+                self.account_twins[twin.account].append(twin.id)
+        if self.platform_billing and self.world.prepaid is not None:
+            self.world.balance_of = self.billing.available_many
+            self.world.on_payment = self._resident_payment
+            meters = self.world.prepaid
+            opened: set[str] = set()
+            for account, credit in zip(meters.accounts, meters.credit_fen.tolist(), strict=True):
+                if account and account not in opened and int(credit) > 0:  # opening balances, once
+                    self.ledger.top_up(f"opening:{account}", account, int(credit), at=float(self.world.start_utc))
+                    opened.add(account)
+
+    def _on_interval(self, start_utc: int, reported: np.ndarray) -> None:
+        if start_utc + self.world.interval_s > self.posted_until:  # replayed intervals were posted already
+            self.billing.on_interval(start_utc, reported)
+
+    def _resident_payment(self, account: str, fen: int, payment_id: str) -> None:
+        self.ledger.top_up(payment_id, account, fen, at=self.now())
+
+    def _billing_tick(self, now: float) -> None:
+        """Post what accrued; remember up to where, so a replay never bills it again."""
+        self.billing.post(now)
+        closed = self.world.start_utc + (self.world.now_s // self.world.interval_s) * self.world.interval_s
+        self.posted_until = float(closed)
+        self.store.set_meta("billing_posted_until", str(self.posted_until))
+
+    def _run_policies(self, now: float) -> None:
+        """Low-balance alarms, cut-off and restore commands, access flags."""
+        changed = False
+        balances = self.billing.available_many(list(self.billing.accounts))
+        for account, available in zip(self.billing.accounts, balances.tolist(), strict=True):
+            decision = self.policy.decide(account, int(available), now)
+            if decision.level_changed:
+                changed = True
+                for level in (1, 2, 3):
+                    if level != decision.level:
+                        cleared = self.alarms.clear_subject(f"low_balance_{level}", account=account, at=now)
+                        if cleared is not None:
+                            self.alarm_changed(cleared, "cleared")
+                if decision.level:
+                    alarm, new = self.alarms.raise_(f"low_balance_{decision.level}", account=account, at=now,
+                                                    severity=Severity(min(decision.level + 1, 4)),
+                                                    evidence={"available_fen": int(available)})
+                    self.alarm_changed(alarm, "raised" if new else "repeated")
+            if decision.cut or decision.restore:
+                changed = True
+                for twin in self.account_twins.get(account, []):
+                    kind = self.twin_specs[twin].kind
+                    action = ("relay_open" if decision.cut else "relay_close") if kind is Kind.ELECTRIC_METER else (
+                        "valve_close" if decision.cut else "valve_open")
+                    self.commands.create(twin, action, by="policy:prepaid", source="policy", now=now)
+        if changed:
+            self.store.set_meta("policy_states", json.dumps({
+                a: {"level": s.level, "cut": s.cut, "access": s.access} for a, s in self.policy.states.items()}))
 
     def _on_day(self, day: DayResult) -> None:
         self.history.append(day.first_utc, day.reported)
@@ -275,8 +365,9 @@ class Platform:
             self.close()
 
     def close(self) -> None:
-        """Close files and the database."""
+        """Close files and the databases."""
         self.history.close()
+        self.ledger.close()
         self.store.close()
 
     def health(self) -> dict[str, object]:

@@ -1,0 +1,117 @@
+"""/api/accounts: balances, top-ups, refunds, the access flag; /api/payments: providers'
+signed callbacks."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Query, Request
+from pydantic import BaseModel, Field
+
+from control.api.deps import Operator, Viewer, get_platform
+from control.auth import Principal
+from control.payments import PaymentRejected, credit
+from twin.ledger import LedgerError
+
+router = APIRouter(tags=["accounts"])
+
+
+class TopUpRequest(BaseModel):
+    """A top-up taken by an operator (cash at the property office, a POS terminal)."""
+
+    payment_id: str = Field(min_length=1, max_length=120, examples=["office-2026-03-02-0017"],
+                            description="unique per payment: a retry with the same id credits once")
+    amount_fen: int = Field(gt=0, le=100_000_000, examples=[10000])
+
+
+class RefundRequest(BaseModel):
+    """Money paid back to a resident (退费), never more than the balance."""
+
+    amount_fen: int = Field(gt=0, le=100_000_000, examples=[5000])
+    reason: str = Field(min_length=1, max_length=200, examples=["moving out"])
+
+
+def _account(platform: Any, account_id: str) -> dict[str, Any]:
+    spec = platform.accounts.get(account_id)
+    if spec is None:
+        raise HTTPException(404, f"no account {account_id!r}; ids look like A-B01-02-03")
+    state = platform.policy.states.get(account_id)
+    return {"id": spec.id, "name": spec.name, "rooms": spec.rooms, "meters": spec.meters, "prepaid": spec.prepaid,
+            "balance_fen": platform.ledger.balance(account_id),
+            "available_fen": platform.billing.available_fen(account_id),
+            "low_balance_level": state.level if state else 0, "cut_off": state.cut if state else False,
+            "access": state.access if state else True}
+
+
+@router.get("/api/accounts", dependencies=[Viewer], summary="Accounts with balances")
+async def list_accounts(request: Request, limit: int = Query(100, ge=1, le=5000),
+                        offset: int = Query(0, ge=0)) -> dict[str, Any]:
+    """Posted balance, available balance (posted minus accrued since), low-balance level,
+    cut-off and access flag. Example: `GET /api/accounts?limit=20`."""
+    platform = get_platform(request)
+    ids = list(platform.accounts)
+    async with platform.lock:
+        return {"total": len(ids), "items": [_account(platform, a) for a in ids[offset:offset + limit]]}
+
+
+@router.get("/api/accounts/{account_id}", dependencies=[Viewer], summary="One account")
+async def get_account(request: Request, account_id: str) -> dict[str, Any]:
+    """Example: `GET /api/accounts/A-B01-02-03`."""
+    platform = get_platform(request)
+    async with platform.lock:
+        return _account(platform, account_id)
+
+
+@router.get("/api/accounts/{account_id}/access", dependencies=[Viewer], summary="The access flag (门禁)")
+async def get_access(request: Request, account_id: str) -> dict[str, Any]:
+    """For the access-control system: false while the account is in arrears."""
+    platform = get_platform(request)
+    async with platform.lock:
+        record = _account(platform, account_id)
+    return {"account": account_id, "access": record["access"]}
+
+
+@router.post("/api/accounts/{account_id}/topups", status_code=201, summary="Top up an account")
+async def top_up(request: Request, account_id: str, body: TopUpRequest, who: Principal = Operator) -> dict[str, Any]:
+    """Idempotent on `payment_id`: a retry returns the first result; the same id with
+    another amount or account is refused (409)."""
+    platform = get_platform(request)
+    async with platform.lock:
+        _account(platform, account_id)
+        try:
+            result = platform.ledger.top_up(body.payment_id, account_id, body.amount_fen, at=platform.now())
+        except LedgerError as err:
+            raise HTTPException(409, str(err)) from None
+    return {"account": account_id, "transfer": result.transfer, "balance_fen": result.balance_fen,
+            "replay": result.replay, "by": who.name}
+
+
+@router.post("/api/accounts/{account_id}/refunds", status_code=201, summary="Refund from an account")
+async def refund(request: Request, account_id: str, body: RefundRequest, who: Principal = Operator) -> dict[str, Any]:
+    """Never more than the posted balance (409 otherwise)."""
+    platform = get_platform(request)
+    async with platform.lock:
+        _account(platform, account_id)
+        try:
+            transfer = platform.ledger.refund(account_id, body.amount_fen, at=platform.now(),
+                                              ref=f"{who.name}: {body.reason}")
+        except LedgerError as err:
+            raise HTTPException(409, str(err)) from None
+        return {"account": account_id, "transfer": transfer, "balance_fen": platform.ledger.balance(account_id)}
+
+
+@router.post("/api/payments/{provider}", summary="A payment provider's signed callback")
+async def payment_callback(request: Request, provider: str) -> dict[str, Any]:
+    """The raw body signed with HMAC-SHA256 under the provider's secret (see
+    control/payments.py); a bad signature, a stale timestamp or a malformed body credits
+    nothing (400); a replay returns the first result."""
+    platform = get_platform(request)
+    body = await request.body()
+    headers = {**dict(request.headers), "x-metertwin-provider": provider}
+    async with platform.lock:
+        try:
+            result = credit(platform.ledger, platform.payment_secrets, headers, body, platform.wall_now(),
+                            set(platform.accounts))
+        except PaymentRejected as err:
+            raise HTTPException(400, f"payment not credited: {err}") from None
+    return {"credited": not result.replay, "replay": result.replay, "transfer": result.transfer}
