@@ -192,3 +192,84 @@ def test_sigkill_with_pending_commands_then_restart(scenario, tmp_path):
         assert again.stop() == 0
         if receiver is not None:
             receiver.close()
+
+
+PREPAID = """\
+[site]
+id = "P1"
+
+[tariffs.dear]
+kind = "flat"
+price_yuan = 50.0
+
+[[buildings]]
+id = "B01"
+floors = 1
+rooms_per_floor = 2
+electric = { tariff = "dear" }
+water = { valve = true }
+
+[residents]
+billing = "platform"
+opening_yuan = [1, 1]
+topup_below_yuan = [0, 0]
+topup_delay_hours = 10000
+"""
+
+
+def test_prepaid_top_ups_cut_off_restore_and_payment_callbacks(tmp_path):
+    """Platform billing over HTTP: an account that runs out of credit outside protected
+    hours is cut off by the policy (its relay trips, confirmed) and loses its access
+    flag; an operator's top-up (idempotent, refused when the id is reused for another
+    amount) restores it; refunds never exceed the balance; a signed payment callback
+    credits once and a forged one credits nothing; a viewer cannot top up."""
+    import hashlib
+    import hmac
+    import json as _json
+
+    scenario = tmp_path / "prepaid.toml"
+    scenario.write_text(PREPAID)
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "payment_providers.json").write_text('{"wxpay": "wx-secret"}')
+    run = Running(scenario, data, "--speed", "600", "--start", "2026-03-02T08:00")
+    try:
+        admin = (data / "admin.key").read_text().strip()
+        viewer = make_key(data, "viewer")
+        account = "A-B01-01-01"
+
+        def cut_command():
+            commands = run.get("/api/commands?twin=B01-01-01.em", viewer).json()
+            return next((c for c in commands if c["source"] == "policy" and c["action"] == "relay_open"), None)
+
+        run.wait_until(lambda: (c := cut_command()) is not None and c["state"] == "confirmed", "the cut-off")
+        state = run.get(f"/api/accounts/{account}", viewer).json()
+        assert state["cut_off"] and state["available_fen"] <= -1000
+        assert run.get(f"/api/accounts/{account}/access", viewer).json()["access"] is False
+        assert run.post(f"/api/accounts/{account}/topups", {"payment_id": "p1", "amount_fen": 500000},
+                        viewer).status_code == 403
+        first = run.post(f"/api/accounts/{account}/topups", {"payment_id": "p1", "amount_fen": 500000}, admin)
+        assert first.status_code == 201 and not first.json()["replay"]
+        again = run.post(f"/api/accounts/{account}/topups", {"payment_id": "p1", "amount_fen": 500000}, admin)
+        assert again.json()["replay"] and again.json()["transfer"] == first.json()["transfer"]
+        assert run.post(f"/api/accounts/{account}/topups", {"payment_id": "p1", "amount_fen": 1},
+                        admin).status_code == 409
+        run.wait_until(lambda: any(c["source"] == "policy" and c["action"] == "relay_close"
+                                   for c in run.get("/api/commands?twin=B01-01-01.em", viewer).json()), "the restore")
+        assert run.get(f"/api/accounts/{account}/access", viewer).json()["access"] is True
+        balance = run.get(f"/api/accounts/{account}", viewer).json()["balance_fen"]
+        assert run.post(f"/api/accounts/{account}/refunds", {"amount_fen": balance + 1, "reason": "x"},
+                        admin).status_code == 409
+        body = _json.dumps({"transaction_id": "wx-77", "account": "A-B01-01-02", "amount_fen": 12345}).encode()
+        ts = str(int(time.time()))
+        sig = hmac.new(b"wx-secret", ts.encode() + b"." + body, hashlib.sha256).hexdigest()
+        headers = {"X-MeterTwin-Timestamp": ts, "X-MeterTwin-Signature": sig, "content-type": "application/json"}
+        ok = httpx.post(run.url + "/api/payments/wxpay", content=body, headers=headers, timeout=10)
+        assert ok.status_code == 200 and ok.json()["credited"]
+        replay = httpx.post(run.url + "/api/payments/wxpay", content=body, headers=headers, timeout=10)
+        assert replay.json()["replay"] and replay.json()["transfer"] == ok.json()["transfer"]
+        forged = httpx.post(run.url + "/api/payments/wxpay", content=body,
+                            headers={**headers, "X-MeterTwin-Signature": "00" * 32}, timeout=10)
+        assert forged.status_code == 400 and "bad signature" in forged.json()["detail"]
+    finally:
+        assert run.stop() == 0
