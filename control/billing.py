@@ -108,7 +108,8 @@ class LiveBilling:
         by_account: dict[str, float] = defaultdict(float)
         for (a, _), v in self.accrued.items():
             by_account[a] += v
-        return np.array([0 if a is None else self.ledger.balance(a) - int(np.floor(by_account[a] + 0.5))
+        posted = self.ledger.balances()
+        return np.array([0 if a is None else posted.get(a, 0) - int(np.floor(by_account[a] + 0.5))
                          for a in accounts], dtype=np.int64)
 
     def post(self, now: float) -> int:

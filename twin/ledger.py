@@ -120,6 +120,11 @@ class Ledger:
         row = self.db.execute("SELECT balance FROM accounts WHERE id = ?", (resident(account),)).fetchone()
         return 0 if row is None else int(row[0])
 
+    def balances(self) -> dict[str, int]:
+        """Every resident account's posted balance in fen, in one query."""
+        rows = self.db.execute("SELECT id, balance FROM accounts WHERE kind = 'resident'").fetchall()
+        return {account[len("resident:"):]: int(balance) for account, balance in rows}
+
     def account_balance(self, ledger_account: str) -> int:
         """Any ledger account's balance in fen (credits minus debits)."""
         row = self.db.execute("SELECT balance FROM accounts WHERE id = ?", (ledger_account,)).fetchone()

@@ -505,8 +505,8 @@ class World:
         top up (a SimPy process each); meters at zero trip, meters back in credit close."""
         meters = self.prepaid
         assert meters is not None
-        if not meters.on_meter:
-            if self.balance_of is not None:
+        if not meters.on_meter:  # residents look at the platform's balance about once an hour
+            if self.balance_of is not None and self.interval_in_day % max(1, 3600 // self.interval_s) == 0:
                 for row in meters.platform_due(self.balance_of(meters.accounts)):
                     self.env.process(resident_process(self.env, meters, int(row), self._topped_up))
             return
