@@ -68,10 +68,12 @@ class SimBilling:
         world.on_interval = self._on_interval
         world.balance_of = self.billing.available_many
         world.on_payment = self._payment
-        if world.prepaid is not None:  # opening balances as the residents' meters draw them
+        if world.prepaid is not None:  # opening balances as the residents' meters draw them, once per account
+            opened: set[str] = set()
             for account, credit in zip(world.prepaid.accounts, world.prepaid.credit_fen.tolist(), strict=True):
-                if account and int(credit) > 0:
+                if account and account not in opened and int(credit) > 0:
                     self.ledger.top_up(f"opening:{account}", account, int(credit), at=float(world.start_utc))
+                    opened.add(account)
 
     def _now(self) -> float:
         return self.world.start_utc + self.world.now_s

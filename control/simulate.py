@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from control.progress import Progress
+from control.sim_billing import SimBilling
 from control.summary import RunSummary, render
 from devices.sim.world import DayResult, World
 from scenarios.loader import load_scenario
@@ -60,8 +61,12 @@ def simulate(scenario_path: str, *, days: float | None = None, seed: int = 0,
     topology = Topology.from_twins(scenario.site.id, scenario.site.timezone, world.interval_s,
                                    scenario.site.twins)
     summary = RunSummary(world)
+    residents = scenario.residents
+    billed = None
     bar = Progress("simulate", total=world.days, unit="days") if progress else None
     with HistoryWriter(out_dir, topology) as writer:
+        if residents is not None and residents.billing == "platform":
+            billed = SimBilling(world, out_dir / "ledger.sqlite")
 
         def on_day(day: DayResult) -> None:
             writer.append(day.first_utc, day.reported)
@@ -71,6 +76,9 @@ def simulate(scenario_path: str, *, days: float | None = None, seed: int = 0,
                 bar.update(round(world.step / world.spd, 3), f"{rate / 1e6:,.0f} M meter-steps/s")
 
         world.run(on_day)
+    if billed is not None:
+        billed.close()
+        summary.billing = billed.figures
     if bar is not None:
         bar.finish()
     write_ground_truth(out_dir, [TruthEvent(**row) for row in world.ground_truth()])  # type: ignore[arg-type]

@@ -43,6 +43,7 @@ class RunSummary:
     lift_trips: int = 0  #: elevator trips counted
     lift_kwh: float = 0.0  #: elevator energy
     buildings: dict[str, BuildingTotals] = field(default_factory=dict)  #: by building id
+    billing: Any = None  #: BillingFigures of a platform-billed run, else None
 
     def __post_init__(self) -> None:
         w = self.world
@@ -244,7 +245,13 @@ def render(summary: RunSummary, timing: dict[str, float], out_dir: str) -> str:
     fig("water evening peak hour", "water_evening_peak_hour", "d", "")
     fig("elevator trips per elevator per day", "elevator_trips_per_day", ",.0f", "")
     fig("elevator kWh per trip", "elevator_kwh_per_trip", ".3f", "")
-    if w.prepaid is not None:
+    if summary.billing is not None:
+        f = summary.billing
+        revenue = ", ".join(f"{u} {fen / 100:,.0f} yuan" for u, fen in sorted(f.revenue_fen.items()))
+        lines += ["", f"platform billing: revenue {revenue or 'none'}; {f.topups:,} top-ups "
+                      f"({f.topup_fen / 100:,.0f} yuan); {f.cutoffs:,} cut-offs, {f.restores:,} restores; "
+                      f"emergency credit used {f.emergency_uses:,} times; ledger in {out_dir}/ledger.sqlite"]
+    elif w.prepaid is not None:
         topups = [int(e.value) for e in w.events if e.event == "topup"]
         cuts = sum(1 for e in w.events if e.event == "relay" and e.value == "open" and e.source.startswith("meter"))
         lines += ["", f"prepaid meters: {int(w.prepaid.active.sum()):,}; residents topped up {len(topups):,} times "
