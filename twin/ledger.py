@@ -111,8 +111,8 @@ class Ledger:
 
     def _ensure(self, db: sqlite3.Connection, account: str) -> None:
         kind = account.split(":", 1)[0]
-        if kind not in ("resident", "revenue", "clearing"):
-            raise LedgerError(f"account {account!r}: ids start with resident:, revenue: or clearing:")
+        if kind not in ("resident", "revenue", "clearing", "receivable"):
+            raise LedgerError(f"account {account!r}: ids start with resident:, revenue:, receivable: or clearing:")
         db.execute("INSERT OR IGNORE INTO accounts(id, kind) VALUES (?, ?)", (account, kind))
 
     def balance(self, account: str) -> int:
@@ -171,10 +171,35 @@ class Ledger:
         with self._write() as db:
             return self._transfer(db, "deduction", resident(account), f"revenue:{utility}", amount_fen, at, ref=ref)
 
-    def charge_fee(self, account: str, item: str, amount_fen: int, *, at: float, ref: str | None = None) -> int:
-        """Charge a fee item (property fee, parking) to a resident account."""
+    def charge_fee(self, account: str, item: str, amount_fen: int, *, at: float, ref: str | None = None,
+                   billed: bool = False) -> int:
+        """Charge a fee item (property fee, parking): from the prepaid balance, or, when
+        `billed`, as a bill the account owes (receivable:<account>)."""
+        debit = f"receivable:{account}" if billed else resident(account)
         with self._write() as db:
-            return self._transfer(db, "fee", resident(account), f"revenue:fee:{item}", amount_fen, at, ref=ref)
+            return self._transfer(db, "bill" if billed else "fee", debit, f"revenue:fee:{item}", amount_fen, at,
+                                  ref=ref)
+
+    def pay_bill(self, payment_id: str, account: str, amount_fen: int, *, at: float) -> int:
+        """A payment against an account's bills; idempotent on the payment id like a top-up."""
+        with self._write() as db:
+            seen = db.execute("SELECT account, amount, transfer FROM payments WHERE payment_id = ?",
+                              (payment_id,)).fetchone()
+            if seen is not None:
+                if seen[0] != account or seen[1] != amount_fen:
+                    raise LedgerError(f"payment {payment_id!r} was recorded as {seen[1]} fen to {seen[0]}")
+                return int(seen[2])
+            transfer = self._transfer(db, "bill_payment", CLEARING, f"receivable:{account}", amount_fen, at,
+                                      ref=payment_id)
+            db.execute("INSERT INTO payments(payment_id, account, amount, transfer) VALUES (?, ?, ?, ?)",
+                       (payment_id, account, amount_fen, transfer))
+            return transfer
+
+    def arrears(self) -> list[tuple[str, int]]:
+        """Accounts owing on bills, most owed first: (account, fen owed)."""
+        rows = self.db.execute("SELECT id, balance FROM accounts WHERE kind = 'receivable' AND balance < 0"
+                               " ORDER BY balance, id").fetchall()
+        return [(account[len("receivable:"):], -int(balance)) for account, balance in rows]
 
     def refund(self, account: str, amount_fen: int, *, at: float, ref: str | None = None) -> int:
         """Pay money back (退费); never more than the balance."""
