@@ -69,11 +69,15 @@ async def hammer(url: str, key: str, jobs: list[tuple[str, str, int]] | None,
 
 WRK_SCRIPT = """
 local counter = 0
+local pace_ms = %d
 local accounts = {%s}
 local threads = {}
 function setup(thread)
   thread:set("tid", #threads + 1)
   table.insert(threads, thread)
+end
+function delay()
+  return pace_ms
 end
 function request()
   counter = counter + 1
@@ -119,26 +123,33 @@ def run_wrk(report: Report, quick: bool) -> None:
             key = (data / "admin.key").read_text().strip()
             accounts = httpx.get(url + "/api/accounts?limit=5000", headers={"Authorization": f"Bearer {key}"},
                                  timeout=30).json()["items"]
+            names = ", ".join(f'"{a["id"]}"' for a in accounts)
             script = Path(tmp) / "topups.lua"
-            script.write_text(WRK_SCRIPT % (", ".join(f'"{a["id"]}"' for a in accounts), key))
-            rate, p99, bad = wrk(url, seconds, script)
+            script.write_text(WRK_SCRIPT % (0, names, key))
+            rate, p99, bad = wrk(url, seconds, script)  # as fast as the server takes them
+            paced = Path(tmp) / "paced.lua"
+            paced.write_text(WRK_SCRIPT.replace("wrk-%%d", "wrkp-%%d") % (200, names, key))  # 100 conn x 5/s
+            paced_rate, paced_p99, paced_bad = wrk(url, seconds, paced)
             get_rate, get_p99, _ = wrk(url + "/api/health", seconds, None)
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
         ledger = Ledger(data / "ledger.sqlite")
-        rows = ledger.db.execute("SELECT ref, COUNT(*) FROM transfers WHERE kind = 'topup' AND ref LIKE 'wrk-%'"
+        rows = ledger.db.execute("SELECT ref, COUNT(*) FROM transfers WHERE kind = 'topup' AND ref LIKE 'wrk%'"
                                  " GROUP BY ref").fetchall()
         ledger.check()
         ledger.close()
     landed = len(rows)
     doubled = sum(1 for _, c in rows if c > 1)
     sent = int(round(rate * seconds))
-    note = (f"wrk, 100 connections, {seconds}s: ~{sent:,} requests, {landed:,} payments in the ledger, "
-            f"{bad} non-2xx, doubled {doubled}; goal 500/s at p99 < 100 ms")
-    report.add("API top-ups, 100 concurrent clients", rate, "top-ups/s", "GET /api/health, same load", get_rate,
-               note=note)
-    report.add("API top-ups, p99 latency", p99, "ms", "GET /api/health p99", get_p99, note="goal < 100 ms")
+    sent += int(round(paced_rate * seconds))
+    note = (f"wrk, 100 connections, {seconds}s: ~{sent:,} requests in both runs, {landed:,} payments in the ledger, "
+            f"{bad + paced_bad} non-2xx, doubled {doubled}; group commit")
+    report.add("API top-ups, 100 clients, as fast as taken", rate, "top-ups/s", "GET /api/health, same load",
+               get_rate, note=note)
+    report.add("API top-ups, p99 at saturation", p99, "ms", "GET /api/health p99", get_p99, note="100 in flight")
+    report.add("API top-ups, p99 at 500/s offered", paced_p99, "ms", "p99 at saturation", p99,
+               note=f"100 clients pacing 5/s each, {paced_rate:.0f}/s achieved; goal 500/s at p99 < 100 ms")
 
 
 def run(report: Report) -> None:

@@ -40,6 +40,7 @@ from control.notify import Notifier
 from control.payments import load_secrets
 from control.policies import AccountPolicyState, PolicySettings, PrepaidPolicy
 from control.store import Store
+from control.topups import TopUpBatcher
 from devices.sim.world import DayResult, World
 from scenarios.loader import load_scenario
 from twin.alarms import Alarm, AlarmBook, Severity
@@ -164,6 +165,7 @@ class Platform:
         self.started_wall = time.time()
         self.lock = asyncio.Lock()  # binds to the running loop on first use
         self.stopping = False
+        self.topups: TopUpBatcher | None = None
 
     # -- composition --------------------------------------------------------------------
 
@@ -304,23 +306,26 @@ class Platform:
     # -- running ------------------------------------------------------------------------
 
     async def tick(self) -> None:
-        """Move the world to the clock, follow up commands, run the tasks that are due."""
+        """Move the world to the clock, follow up commands, run the tasks that are due:
+        all in a worker thread, under the lock, so the loop only ever serves requests."""
         async with self.lock:
-            target = self.clock.sim_s()
-            await asyncio.to_thread(self.world.advance_to, target)
-            now = self.now()
-            self.commands.check(now)
-            self.batch.run_due(now)
-            for task in self.tasks:
-                if now >= task.next_due:
-                    try:
-                        await asyncio.to_thread(task.run, now)
-                        task.last_error = None
-                    except Exception as err:  # a failing task is logged and retried next period
-                        task.last_error = f"{type(err).__name__}: {err}"
-                        log.exception("periodic task %s failed", task.name)
-                    task.runs += 1
-                    task.next_due = now + task.every_s
+            await asyncio.to_thread(self._tick, self.clock.sim_s())
+
+    def _tick(self, target: float) -> None:
+        self.world.advance_to(target)
+        now = self.now()
+        self.commands.check(now)
+        self.batch.run_due(now)
+        for task in self.tasks:
+            if now >= task.next_due:
+                try:
+                    task.run(now)
+                    task.last_error = None
+                except Exception as err:  # a failing task is logged and retried next period
+                    task.last_error = f"{type(err).__name__}: {err}"
+                    log.exception("periodic task %s failed", task.name)
+                task.runs += 1
+                task.next_due = now + task.every_s
 
     def save(self) -> None:
         """Store the simulated time reached (the world's snapshot) and flush the history."""
@@ -335,7 +340,8 @@ class Platform:
             started = time.monotonic()
             await self.tick()
             if time.monotonic() - last_save >= SAVE_S:
-                self.save()
+                async with self.lock:
+                    await asyncio.to_thread(self.save)
                 last_save = time.monotonic()
             await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
 
@@ -354,12 +360,15 @@ class Platform:
         config = uvicorn.Config(create_app(self), host=host, port=port, log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
         self.notifier.start()
+        self.topups = TopUpBatcher(self.ledger, self.now)
+        self.topups.start()
         loop_task = asyncio.create_task(self.run_loop())
         try:
             await server.serve()  # returns once SIGINT or SIGTERM arrived and requests drained
         finally:
             self.stopping = True
             await loop_task
+            await self.topups.stop()
             await self.notifier.stop()
             self.save()
             self.close()

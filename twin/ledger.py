@@ -152,21 +152,41 @@ class Ledger:
 
     def top_up(self, payment_id: str, account: str, amount_fen: int, *, at: float) -> TopUp:
         """Credit a resident account with a payment; idempotent on `payment_id`."""
+        with self._write() as db:
+            return self._top_up_in(db, payment_id, account, amount_fen, at)
+
+    def top_up_many(self, payments: list[tuple[str, str, int]], *, at: float) -> list[TopUp | LedgerError]:
+        """Group commit: many top-ups (payment id, account, fen) in one transaction, one
+        fsync; each result is a TopUp, or the LedgerError that refused that one alone.
+        The caller acknowledges each only after this returns (after the commit)."""
+        results: list[TopUp | LedgerError] = []
+        with self._write() as db:
+            for payment_id, account, amount_fen in payments:
+                db.execute("SAVEPOINT one")
+                try:
+                    results.append(self._top_up_in(db, payment_id, account, amount_fen, at))
+                    db.execute("RELEASE one")
+                except LedgerError as err:
+                    db.execute("ROLLBACK TO one")
+                    db.execute("RELEASE one")
+                    results.append(err)
+        return results
+
+    def _top_up_in(self, db: sqlite3.Connection, payment_id: str, account: str, amount_fen: int, at: float) -> TopUp:
         if not payment_id:
             raise LedgerError("a top-up needs its payment id")
-        with self._write() as db:
-            seen = db.execute("SELECT account, amount, transfer FROM payments WHERE payment_id = ?",
-                              (payment_id,)).fetchone()
-            if seen is not None:
-                if seen[0] != account or seen[1] != amount_fen:
-                    raise LedgerError(f"payment {payment_id!r} was recorded as {seen[1]} fen to {seen[0]}; "
-                                      f"refusing {amount_fen} fen to {account}")
-                balance = db.execute("SELECT balance FROM accounts WHERE id = ?", (resident(account),)).fetchone()
-                return TopUp(int(seen[2]), int(balance[0]), True)
-            transfer = self._transfer(db, "topup", CLEARING, resident(account), amount_fen, at, ref=payment_id)
-            db.execute("INSERT INTO payments(payment_id, account, amount, transfer) VALUES (?, ?, ?, ?)",
-                       (payment_id, account, amount_fen, transfer))
+        seen = db.execute("SELECT account, amount, transfer FROM payments WHERE payment_id = ?",
+                          (payment_id,)).fetchone()
+        if seen is not None:
+            if seen[0] != account or seen[1] != amount_fen:
+                raise LedgerError(f"payment {payment_id!r} was recorded as {seen[1]} fen to {seen[0]}; "
+                                  f"refusing {amount_fen} fen to {account}")
             balance = db.execute("SELECT balance FROM accounts WHERE id = ?", (resident(account),)).fetchone()
+            return TopUp(int(seen[2]), int(balance[0]), True)
+        transfer = self._transfer(db, "topup", CLEARING, resident(account), amount_fen, at, ref=payment_id)
+        db.execute("INSERT INTO payments(payment_id, account, amount, transfer) VALUES (?, ?, ?, ?)",
+                   (payment_id, account, amount_fen, transfer))
+        balance = db.execute("SELECT balance FROM accounts WHERE id = ?", (resident(account),)).fetchone()
         return TopUp(transfer, int(balance[0]), False)
 
     def deduct(self, account: str, amount_fen: int, utility: str, *, at: float, ref: str | None = None) -> int:
