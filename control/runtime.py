@@ -125,7 +125,8 @@ class Platform:
         self.accounts = {a.id: a for a in self.scenario.site.accounts}
         self.store = Store(self.data / "control.sqlite")
         self.store.db.executescript(WRITES_SCHEMA)
-        self.auth = Auth(self.store)
+        # its own connection: request handlers check keys without waiting on the tick thread's writes
+        self.auth = Auth(Store(self.data / "control.sqlite"))
         self.notifier = Notifier(webhooks)
         saved = self.store.get_meta("world")
         if saved:
@@ -377,6 +378,7 @@ class Platform:
         """Close files and the databases."""
         self.history.close()
         self.ledger.close()
+        self.auth.store.close()
         self.store.close()
 
     def health(self) -> dict[str, object]:
