@@ -104,22 +104,28 @@ def wrk(url: str, seconds: int, script: Path | None) -> tuple[float, float, int]
     return rate, p99, int(bad.group(1)) if bad else 0
 
 
+def start_platform(data: Path) -> tuple[subprocess.Popen[bytes], str]:
+    """`metertwin run` of the demo on a free port, once it answers."""
+    port = free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "control.cli", "run", "scenarios/demo-community.toml",
+                             "--data", str(data), "--port", str(port)], cwd=ROOT,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(600):
+        try:
+            if httpx.get(url + "/api/health", timeout=2).status_code == 200:
+                break
+        except httpx.TransportError:
+            time.sleep(0.1)
+    return proc, url
+
+
 def run_wrk(report: Report, quick: bool) -> None:
     seconds = 5 if quick else 15
     with tempfile.TemporaryDirectory(prefix="mt-bench-topups-") as tmp:
         data = Path(tmp) / "data"
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "control.cli", "run", "scenarios/demo-community.toml",
-                                 "--data", str(data), "--port", str(port)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
+        proc, url = start_platform(data)
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
             key = (data / "admin.key").read_text().strip()
             accounts = httpx.get(url + "/api/accounts?limit=5000", headers={"Authorization": f"Bearer {key}"},
                                  timeout=30).json()["items"]
@@ -165,18 +171,8 @@ def run_httpx(report: Report) -> None:
     n = 1000 if os.environ.get("METERTWIN_BENCH_QUICK") == "1" else 5000
     with tempfile.TemporaryDirectory(prefix="mt-bench-topups-") as tmp:
         data = Path(tmp) / "data"
-        port = free_port()
-        proc = subprocess.Popen([sys.executable, "-m", "control.cli", "run", "scenarios/demo-community.toml",
-                                 "--data", str(data), "--port", str(port)], cwd=ROOT,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
+        proc, url = start_platform(data)
         try:
-            for _ in range(600):
-                try:
-                    if httpx.get(url + "/api/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    time.sleep(0.1)
             key = (data / "admin.key").read_text().strip()
             accounts = [f"A-B0{1 + i % 6}-{1 + (i // 6) % 18:02d}-0{1 + i % 4}" for i in range(200)]
             jobs = [(f"bench-{i:06d}", accounts[i % len(accounts)], 100 + i % 900) for i in range(n)]
