@@ -66,9 +66,10 @@ def end_to_end(report: Report) -> None:
     days = 3 if quick else 30
     with tempfile.TemporaryDirectory(prefix="mt-bench-") as tmp:
         out = Path(tmp) / "run"
-        code = ("import resource, sys; from control.cli import main; rc = main(sys.argv[1:]); "
-                "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr); "
-                "sys.exit(rc)")
+        # VmHWM, not ru_maxrss: ru_maxrss survives fork+exec and would report the bench's own peak
+        code = ("import re, sys; from control.cli import main; rc = main(sys.argv[1:]); "
+                "hwm = re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1); "
+                "print('MAXRSS', hwm, file=sys.stderr); sys.exit(rc)")
         t = time.perf_counter()
         proc = subprocess.run(
             [sys.executable, "-c", code, "simulate", str(LOADTEST), "--days", str(days),
@@ -81,8 +82,8 @@ def end_to_end(report: Report) -> None:
         maxrss_kib = int(re.search(r"MAXRSS (\d+)", proc.stderr).group(1))
         size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     bare = subprocess.run(
-        [sys.executable, "-c", "import resource, numpy, numba; "
-         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"],
+        [sys.executable, "-c", "import re, numpy, numba; "
+         "print(re.search(r'VmHWM:\\s+(\\d+)', open('/proc/self/status').read()).group(1))"],
         capture_output=True, text=True, check=True)
     bare_kib = int(bare.stdout.strip())
     note = "" if not quick else "QUICK: 3 days, not 30"
