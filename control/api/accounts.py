@@ -7,11 +7,13 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import PlainTextResponse
 from pydantic import BaseModel, Field
 
 from control.api.deps import Operator, Viewer, get_platform
 from control.auth import Principal
 from control.payments import PaymentRejected, credit
+from control.reports import income, orders, to_csv
 from twin.ledger import LedgerError
 
 router = APIRouter(tags=["accounts"])
@@ -120,3 +122,22 @@ async def payment_callback(request: Request, provider: str) -> dict[str, Any]:
         except PaymentRejected as err:
             raise HTTPException(400, f"payment not credited: {err}") from None
     return {"credited": not result.replay, "replay": result.replay, "transfer": result.transfer}
+
+
+@router.get("/api/reports/income", dependencies=[Viewer], summary="Income by day, month or year")
+async def income_report(request: Request, period: str = Query("day", pattern="^(day|month|year)$"),
+                        format: str = Query("json", pattern="^(json|csv)$")) -> Any:
+    """Paid in, refunded, and revenue posted by utility and fee item, per site-local period.
+    Example: `GET /api/reports/income?period=month&format=csv`."""
+    platform = get_platform(request)
+    rows = income(platform.ledger, platform.scenario.site.timezone, period)
+    return PlainTextResponse(to_csv(rows), media_type="text/csv") if format == "csv" else rows
+
+
+@router.get("/api/reports/orders", dependencies=[Viewer], summary="Orders: top-ups, refunds, fees, bills")
+async def orders_report(request: Request, account: str | None = None, limit: int = Query(1000, ge=1, le=100000),
+                        format: str = Query("json", pattern="^(json|csv)$")) -> Any:
+    """Newest first. Example: `GET /api/reports/orders?account=A-B01-02-03&format=csv`."""
+    platform = get_platform(request)
+    rows = orders(platform.ledger, platform.scenario.site.timezone, account, limit)
+    return PlainTextResponse(to_csv(rows), media_type="text/csv") if format == "csv" else rows
