@@ -268,6 +268,10 @@ def test_prepaid_top_ups_cut_off_restore_and_payment_callbacks(tmp_path):
         assert ok.status_code == 200 and ok.json()["credited"]
         replay = httpx.post(run.url + "/api/payments/wxpay", content=body, headers=headers, timeout=10)
         assert replay.json()["replay"] and replay.json()["transfer"] == ok.json()["transfer"]
+        report = run.get("/api/reports/orders?format=csv", viewer)
+        assert report.headers["content-type"].startswith("text/csv") and "wxpay:wx-77" in report.text
+        income = run.get("/api/reports/income?period=day", viewer).json()
+        assert sum(row.get("paid_in_fen", 0) for row in income) >= 500000 + 12345
         forged = httpx.post(run.url + "/api/payments/wxpay", content=body,
                             headers={**headers, "X-MeterTwin-Signature": "00" * 32}, timeout=10)
         assert forged.status_code == 400 and "bad signature" in forged.json()["detail"]
