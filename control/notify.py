@@ -115,8 +115,9 @@ class Notifier:
 
     def publish(self, message: dict[str, Any]) -> None:
         """Send a message to every channel; safe from any thread, never blocks."""
-        log.info("alarm %s: %s %s %s", message.get("event"), message.get("kind"), message.get("twin") or
-                 message.get("account"), message.get("evidence"))
+        level = logging.WARNING if message.get("severity") in ("major", "critical") else logging.DEBUG
+        log.log(level, "alarm %s: %s %s %s", message.get("event"), message.get("kind"), message.get("twin") or
+                message.get("account"), message.get("evidence"))  # minor ones: /api/alarms, webhooks
         if not self.webhooks:
             return
         if self.loop is None:
