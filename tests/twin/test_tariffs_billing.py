@@ -150,13 +150,16 @@ def reference(energy, tariff_of, used0, tables):
 @settings(max_examples=30, deadline=None)
 @given(seed=st.integers(0, 2**31), n=st.integers(1, 12), days=st.integers(1, 40))
 def test_kernel_agrees_with_the_plain_reference(seed, n, days):
-    """On random fleets (missing readings, negative readings, meters of four tariffs,
+    """On random fleets (missing readings, negative readings, meters of five tariffs,
     random starting totals, spans across month ends) the kernel equals the reference."""
     rng = np.random.default_rng(seed)
     tariffs = [parse_tariff("a", SHAANXI_TIERED), parse_tariff("b", TOU),
                parse_tariff("c", {**TOU, "kind": "tiered_time_of_use", "thresholds_kwh": [50, 120],
                                   "surcharges_yuan": [0, 0.05, 0.3]}),
-               parse_tariff("d", {"kind": "flat", "price_yuan": 0.55})]
+               parse_tariff("d", {"kind": "flat", "price_yuan": 0.55}),
+               parse_tariff("e", {"kind": "time_of_use", "bands": [  # five bands: the kernel's general path
+                   *TOU["bands"][:3], {"name": "valley", "price_yuan": 0.3134, "hours": ["23:00-03:00"]},
+                   {"name": "deep", "price_yuan": 0.2, "hours": ["03:00-07:00"]}]})]
     intervals = days * 24
     start = utc(2026, int(rng.integers(1, 13)), int(rng.integers(1, 28)))
     tables = price_tables(tariffs, start, intervals, 3600, TZ)

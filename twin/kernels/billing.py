@@ -91,7 +91,35 @@ def bill(
                 units += x
                 low = min(low, x)
             seg_t[:] = 0.0
-            if low >= 0.0:
+            if low >= 0.0 and n_bands[k] <= 4:  # up to 4 bands (尖峰平谷): one fused pass
+                prices = price_fen[k, a:b]
+                bands = band[k, a:b]
+                u0 = u1 = u2 = u3 = 0.0
+                f0 = f1 = f2 = f3 = 0.0
+                for i in range(seg.shape[0]):
+                    e = seg[i]
+                    x = np.float64(e) if e == e else 0.0
+                    xp = x * prices[i]
+                    bi = bands[i]
+                    u0 += x if bi == 0 else 0.0
+                    u1 += x if bi == 1 else 0.0
+                    u2 += x if bi == 2 else 0.0
+                    u3 += x if bi == 3 else 0.0
+                    f0 += xp if bi == 0 else 0.0
+                    f1 += xp if bi == 1 else 0.0
+                    f2 += xp if bi == 2 else 0.0
+                    f3 += xp if bi == 3 else 0.0
+                units_b[0] += u0
+                units_b[1] += u1
+                units_b[2] += u2
+                units_b[3] += u3
+                fen_b[0] += f0
+                fen_b[1] += f1
+                fen_b[2] += f2
+                fen_b[3] += f3
+                _tier_split(used, units, thresholds[k, v], seg_t)
+                used += units
+            elif low >= 0.0:
                 prices = price_fen[k, a:b]
                 for bb in range(n_bands[k]):  # one pass per band over a row held in cache
                     bu = 0.0
