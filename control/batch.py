@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from control.commands import ACTIONS, CommandBook, CommandError
+from control.commands import OPERATOR_ACTIONS, CommandBook, CommandError
 from control.store import Store, as_dict
 from twin.model import Kind, Site
 
@@ -97,7 +97,7 @@ class TaskBook:
 
     def register_account_action(self, name: str, run: AccountActionRun) -> None:
         """Let tasks run `name` on accounts (billing: top-up, tariff change)."""
-        if name in ACTIONS:
+        if name in OPERATOR_ACTIONS:
             raise ValueError(f"{name!r} is a command action")
         self.account_actions[name] = run
 
@@ -116,9 +116,9 @@ class TaskBook:
                 raise TaskError(f"{unknown[0]!r} is not an account of this site")
             return self._insert(name, action, {"accounts": accounts, "building": selector.building,
                                                "floor": selector.floor}, by, now, run_at, repeat_s, deadline_s, params)
-        spec = ACTIONS.get(action)
+        spec = OPERATOR_ACTIONS.get(action)
         if spec is None:
-            known = ", ".join([*ACTIONS, *self.account_actions])
+            known = ", ".join([*OPERATOR_ACTIONS, *self.account_actions])
             raise TaskError(f"unknown action {action!r}; use one of {known}")
         kind = selector.kind or spec.kind.value
         if kind != spec.kind.value:

@@ -65,6 +65,11 @@ class LiveBilling:
         self.columns = np.array([m.column for m in self.meters], dtype=np.int64)
         self.tariff_of = np.array([m.tariff for m in self.meters], dtype=np.int64)
         self.used = np.zeros(len(self.meters))
+        #: what each meter has been charged since the start, unrounded fen (meter billing reconciles it)
+        self.charged = np.zeros(len(self.meters))
+        self.row_of = {m.twin: i for i, m in enumerate(self.meters)}
+        #: UTC end of the last interval accrued (what a posting covers)
+        self.accrued_until = 0
         self.accounts = sorted({m.account for m in self.meters})
         self.accrued: dict[tuple[str, str], float] = defaultdict(float)
         self._day: tuple[int, PriceTables] | None = None  # (local midnight UTC, that day's tables)
@@ -81,6 +86,7 @@ class LiveBilling:
 
     def on_interval(self, start_utc: int, reported: np.ndarray) -> None:
         """Charge one closed interval of every billed meter and accrue it."""
+        self.accrued_until = max(self.accrued_until, start_utc + self.interval_s)
         if not self.meters:
             return
         day, i = self._tables(start_utc)
@@ -94,6 +100,7 @@ class LiveBilling:
         energy = reported[self.columns].astype(np.float32)[:, None]
         out = bill_fleet(energy, self.tariff_of, self.used, tables)
         self.used = out["used_end"]
+        self.charged += out["charge_fen"]
         for meter, fen in zip(self.meters, out["charge_fen"].tolist(), strict=True):
             if fen:
                 self.accrued[meter.account, meter.utility] += fen

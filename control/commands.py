@@ -42,13 +42,15 @@ OPEN_STATES = (CommandState.CREATED, CommandState.SENT)
 
 @dataclass(frozen=True, slots=True)
 class Action:
-    """What an action does: write `value` to `field` of a twin of `kind`; `drops` names
-    what must fall to (near) zero before it counts as done: "power" or "flow"."""
+    """What an action does: write `value` to `field` of a twin of `kind` (None: the caller
+    gives the value); `drops` names what must fall to (near) zero before it counts as done:
+    "power" or "flow"; `at_least`: confirmed once the field reports the value or more."""
 
     kind: Kind  #: twin kind it applies to
     field: str  #: desired/reported field written
-    value: int  #: absolute value written
+    value: int | None  #: absolute value written, or None when the command carries it
     drops: str | None = None  #: "power", "flow" or None
+    at_least: bool = False  #: a counter: a later, larger report also confirms
 
 
 ACTIONS: dict[str, Action] = {
@@ -56,7 +58,11 @@ ACTIONS: dict[str, Action] = {
     "relay_close": Action(Kind.ELECTRIC_METER, "relay_closed", 1),
     "valve_close": Action(Kind.VALVE, "open", 0, drops="flow"),
     "valve_open": Action(Kind.VALVE, "open", 1),
+    # meter billing: write the meter's new purchase total (fen); it credits the difference once
+    "credit_push": Action(Kind.ELECTRIC_METER, "purchased_fen", None, at_least=True),
 }
+#: What operators, batch tasks and the API may ask for; credit pushes come from top-ups only.
+OPERATOR_ACTIONS: dict[str, Action] = {name: a for name, a in ACTIONS.items() if a.value is not None}
 #: Power (W) under which a tripped meter counts as off, flow (m3/h) for a closed valve.
 POWER_OFF_W = 5.0
 FLOW_OFF_M3H = 0.001
@@ -131,11 +137,17 @@ class CommandBook:
     # -- creating -----------------------------------------------------------------------
 
     def create(self, twin: str, action: str, *, by: str, source: str, now: float,
-               deadline_s: float = DEFAULT_DEADLINE_S, batch: str | None = None) -> Command:
-        """Record and send a command; CommandError says what is wrong with the request."""
+               deadline_s: float = DEFAULT_DEADLINE_S, batch: str | None = None, value: int | None = None) -> Command:
+        """Record and send a command; CommandError says what is wrong with the request.
+        `value` is given only for actions that carry one (credit_push: the new purchase total)."""
         spec = ACTIONS.get(action)
         if spec is None:
             raise CommandError(f"unknown action {action!r}; use one of {', '.join(ACTIONS)}")
+        if (spec.value is None) != (value is not None):
+            raise CommandError(f"{action} takes a value" if spec.value is None else f"{action} takes no value")
+        if value is not None and value < 0:
+            raise CommandError(f"{action}: value must be at least 0, not {value}")
+        written = spec.value if spec.value is not None else int(value)  # type: ignore[arg-type]
         try:
             kind, _ = self.fleet.locate(twin)
         except KeyError:
@@ -144,7 +156,7 @@ class CommandBook:
             raise CommandError(f"{action} applies to {spec.kind.value} twins; {twin} is a {kind.value}")
         if not 0 < deadline_s <= 86400:
             raise CommandError("deadline_s must be in (0, 86400]")
-        command = Command(f"c-{uuid.uuid4().hex[:12]}", twin, action, spec.field, spec.value, by, source, now,
+        command = Command(f"c-{uuid.uuid4().hex[:12]}", twin, action, spec.field, written, by, source, now,
                           now + deadline_s, batch=batch)
         for other in list(self.open.values()):
             if other.twin == twin and other.field == spec.field:
@@ -152,7 +164,7 @@ class CommandBook:
         with self.store.write() as db:
             db.execute("INSERT INTO commands(id, twin, action, field, value, requested_by, source, created,"
                        " deadline, state, batch) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                       (command.id, twin, action, spec.field, spec.value, by, source, now, command.deadline,
+                       (command.id, twin, action, spec.field, written, by, source, now, command.deadline,
                         command.state.value, batch))
             self._event(db, command, CommandState.CREATED, now, by, None)
         self.open[command.id] = command
@@ -197,7 +209,10 @@ class CommandBook:
     def _confirmed(self, command: Command) -> bool:
         view = self.fleet.twin(command.twin)
         sent = command.sent or command.created
-        if view.reported[command.field] != command.value or view.stamp("reported") < sent:
+        reported = view.reported[command.field]
+        if ACTIONS[command.action].at_least:
+            return bool(reported >= command.value)
+        if reported != command.value or view.stamp("reported") < sent:
             return False
         drops = ACTIONS[command.action].drops
         if drops == "power":

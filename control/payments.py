@@ -81,11 +81,17 @@ def verify(secrets: dict[str, bytes], headers: dict[str, str], body: bytes, now:
 def credit(ledger: Ledger, secrets: dict[str, bytes], headers: dict[str, str], body: bytes, now: float,
            accounts: set[str]) -> TopUp:
     """Verify a callback and credit it once; rejections are logged and raised."""
+    return credit_payment(ledger, secrets, headers, body, now, accounts)[1]
+
+
+def credit_payment(ledger: Ledger, secrets: dict[str, bytes], headers: dict[str, str], body: bytes, now: float,
+                   accounts: set[str]) -> tuple[Payment, TopUp]:
+    """As `credit`, returning the verified payment with the ledger's result."""
     try:
         payment = verify(secrets, headers, body, now)
         if payment.account not in accounts:
             raise PaymentRejected(f"no account {payment.account!r}")
-        return ledger.top_up(payment.payment_id, payment.account, payment.amount_fen, at=now)
+        return payment, ledger.top_up(payment.payment_id, payment.account, payment.amount_fen, at=now)
     except (PaymentRejected, LedgerError) as err:
         log.warning("payment callback rejected: %s", err)
         raise PaymentRejected(str(err)) from None

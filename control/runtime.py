@@ -36,6 +36,7 @@ from control.auth import Auth
 from control.batch import TaskBook
 from control.billing import LiveBilling
 from control.commands import Command, CommandBook
+from control.meter_billing import MeterBilling
 from control.notify import Notifier
 from control.payments import load_secrets
 from control.policies import AccountPolicyState, PolicySettings, PrepaidPolicy
@@ -163,6 +164,8 @@ class Platform:
         self.every("billing tick", billing_tick_s, self._billing_tick)
         if self.platform_billing:
             self.every("prepaid policy", self.world.interval_s, self._run_policies)
+        if self.meter_billing is not None:
+            self.every("meter reconciliation", 3600.0, self._reconcile_meters)
         self.started_wall = time.time()
         self.lock = asyncio.Lock()  # binds to the running loop on first use
         self.stopping = False
@@ -203,6 +206,7 @@ class Platform:
         self.world.on_interval = self._on_interval
         residents = self.scenario.residents
         self.platform_billing = residents is not None and residents.billing == "platform"
+        self.meter_billing: MeterBilling | None = None
         self.policy = PrepaidPolicy(PolicySettings(timezone=self.scenario.site.timezone))
         saved = self.store.get_meta("policy_states")
         if saved:
@@ -221,19 +225,67 @@ class Platform:
                 if account and account not in opened and int(credit) > 0:  # opening balances, once
                     self.ledger.top_up(f"opening:{account}", account, int(credit), at=float(self.world.start_utc))
                     opened.add(account)
+        elif residents is not None and self.world.prepaid is not None:  # meter billing: residents pay us, we push
+            meters = self.world.prepaid
+            meters.remote = True
+            self.world.on_payment = self._resident_payment
+            rows = [(t, a, int(p)) for t, a, p, on in zip(meters.ids, meters.accounts, meters.purchased_fen.tolist(),
+                                                          meters.active.tolist(), strict=True) if on and a]
+            self.meter_billing = MeterBilling(self.store, self.billing, rows)
+            for meter, account, opening in rows:  # the credit already on the meter, as the ledger's opening
+                if opening > 0:
+                    self.ledger.top_up(f"opening:{meter}", account, opening, at=float(self.world.start_utc))
 
     def _on_interval(self, start_utc: int, reported: np.ndarray) -> None:
         if start_utc + self.world.interval_s > self.posted_until:  # replayed intervals were posted already
             self.billing.on_interval(start_utc, reported)
 
     def _resident_payment(self, account: str, fen: int, payment_id: str) -> None:
-        self.ledger.top_up(payment_id, account, fen, at=self.now())
+        result = self.ledger.top_up(payment_id, account, fen, at=self.now())
+        if not result.replay:
+            self.push_credit(account, fen, by=f"resident {account}")
+
+    def push_credit(self, account: str, fen: int, by: str) -> Command | None:
+        """Meter billing: after a top-up, push the credit to the account's meter (a no-op
+        in platform billing). Call under the platform lock, or from the tick thread."""
+        if self.meter_billing is None:
+            return None
+        push = self.meter_billing.paid(account, fen)
+        if push is None:
+            return None
+        twin, total = push
+        return self.commands.create(twin, "credit_push", by=by, source="platform", now=self.now(), value=total)
+
+    def _reconcile_meters(self, now: float) -> None:
+        """Meter billing: push what did not arrive, and compare each meter's credit with
+        the platform's figure; past the tolerance, a `meter_balance_mismatch` alarm."""
+        mb = self.meter_billing
+        assert mb is not None
+        pushing = {c.twin for c in self.commands.open.values() if c.action == "credit_push"}
+        for twin, total in mb.unpushed(self.world.state):
+            if twin not in pushing:
+                self.commands.create(twin, "credit_push", by="platform: resend", source="platform", now=now,
+                                     value=total)
+        for m in mb.reconcile(self.world.state, fresh_after=now - 2 * self.world.interval_s):
+            if m.twin in pushing:
+                continue  # credit on its way: the figures cannot agree yet
+            if m.over:
+                alarm, new = self.alarms.raise_("meter_balance_mismatch", twin=m.twin, account=m.account, at=now,
+                                                severity=Severity.MAJOR, evidence=m.evidence())
+                if new:
+                    self.alarm_changed(alarm, "raised")
+            else:
+                cleared = self.alarms.clear_subject("meter_balance_mismatch", twin=m.twin, at=now)
+                if cleared is not None:
+                    self.alarm_changed(cleared, "cleared")
 
     def _billing_tick(self, now: float) -> None:
         """Post what accrued; remember up to where, so a replay never bills it again."""
         self.billing.post(now)
-        closed = self.world.start_utc + (self.world.now_s // self.world.interval_s) * self.world.interval_s
-        self.posted_until = float(closed)
+        if self.meter_billing is not None:
+            self.meter_billing.posted()
+        # up to the end of the last interval billed: an interval ending right now may not have closed yet
+        self.posted_until = max(self.posted_until, float(self.billing.accrued_until))
         self.store.set_meta("billing_posted_until", str(self.posted_until))
 
     def _run_policies(self, now: float) -> None:

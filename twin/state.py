@@ -31,9 +31,10 @@ FIELDS: dict[Kind, dict[str, tuple[tuple[str, str, float], ...]]] = {
             ("frequency_hz", "f4", np.nan),
             ("relay_closed", "i1", 1),
             ("credit_fen", "i8", 0),  # the meter's own credit, in meter-billing mode
+            ("purchased_fen", "i8", 0),  # total credit ever bought on the meter (购电总额), meter billing
             ("online", "i1", 1),
         ),
-        "desired": (("relay_closed", "i1", -1),),
+        "desired": (("relay_closed", "i1", -1), ("purchased_fen", "i8", -1)),
         "derived": (("balance_fen", "i8", 0), ("alarm_level", "i1", 0)),
     },
     Kind.WATER_METER: {

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field
 
 from control.api.deps import Operator, Viewer, get_platform
 from control.auth import Principal
-from control.payments import PaymentRejected, credit
+from control.payments import PaymentRejected, credit_payment
 from control.reports import income, orders, to_csv
 from twin.ledger import LedgerError
 
@@ -89,8 +89,19 @@ async def top_up(request: Request, account_id: str, body: TopUpRequest, who: Pri
                                              at=platform.now())
     except LedgerError as err:
         raise HTTPException(409, str(err)) from None
+    push = await _push_credit(platform, account_id, body.amount_fen, result.replay, who.name)
     return {"account": account_id, "transfer": result.transfer, "balance_fen": result.balance_fen,
-            "replay": result.replay, "by": who.name}
+            "replay": result.replay, "by": who.name, "credit_push": push}
+
+
+async def _push_credit(platform: Any, account_id: str, fen: int, replay: bool, by: str) -> str | None:
+    """Meter billing: a new top-up is pushed to the account's meter; returns the command id
+    (follow it at /api/commands/{id}), None in platform billing or on a replay."""
+    if replay or platform.meter_billing is None:
+        return None
+    async with platform.lock:
+        command = platform.push_credit(account_id, fen, by=by)
+    return None if command is None else str(command.id)
 
 
 @router.post("/api/accounts/{account_id}/refunds", status_code=201, summary="Refund from an account")
@@ -117,11 +128,15 @@ async def payment_callback(request: Request, provider: str) -> dict[str, Any]:
     headers = {**dict(request.headers), "x-metertwin-provider": provider}
     async with platform.lock:
         try:
-            result = credit(platform.ledger, platform.payment_secrets, headers, body, platform.wall_now(),
-                            set(platform.accounts))
+            payment, result = credit_payment(platform.ledger, platform.payment_secrets, headers, body,
+                                             platform.wall_now(), set(platform.accounts))
         except PaymentRejected as err:
             raise HTTPException(400, f"payment not credited: {err}") from None
-    return {"credited": not result.replay, "replay": result.replay, "transfer": result.transfer}
+        push = None
+        if not result.replay and platform.meter_billing is not None:
+            command = platform.push_credit(payment.account, payment.amount_fen, by=f"payment:{provider}")
+            push = None if command is None else command.id
+    return {"credited": not result.replay, "replay": result.replay, "transfer": result.transfer, "credit_push": push}
 
 
 @router.get("/api/reports/income", dependencies=[Viewer], summary="Income by day, month or year")

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field
 
 from control.api.deps import Operator, Viewer, get_platform
 from control.auth import Principal
-from control.commands import ACTIONS, DEFAULT_DEADLINE_S, CommandError
+from control.commands import DEFAULT_DEADLINE_S, OPERATOR_ACTIONS, CommandError
 
 router = APIRouter(prefix="/api/commands", tags=["commands"])
 
@@ -18,7 +18,7 @@ class CommandRequest(BaseModel):
     """Ask a twin to do something: relay_open (trip), relay_close, valve_close, valve_open."""
 
     twin: str = Field(examples=["B01-02-03.em"])
-    action: str = Field(examples=["relay_open"], description=f"one of {', '.join(ACTIONS)}")
+    action: str = Field(examples=["relay_open"], description=f"one of {', '.join(OPERATOR_ACTIONS)}")
     deadline_s: float = Field(DEFAULT_DEADLINE_S, gt=0, le=86400,
                               description="platform seconds the device has to confirm")
 
@@ -51,9 +51,9 @@ async def create_batch(request: Request, body: BatchRequest, who: Principal = Op
     """Every twin is checked first: one bad twin refuses the whole batch, naming it.
     Example body: `{"twins": ["B01-01-01.vl", "B01-01-02.vl"], "action": "valve_close"}`."""
     platform = get_platform(request)
-    spec = ACTIONS.get(body.action)
+    spec = OPERATOR_ACTIONS.get(body.action)
     if spec is None:
-        raise HTTPException(400, f"unknown action {body.action!r}; use one of {', '.join(ACTIONS)}")
+        raise HTTPException(400, f"unknown action {body.action!r}; use one of {', '.join(OPERATOR_ACTIONS)}")
     for twin in body.twins:
         known = platform.twin_specs.get(twin)
         if known is None or known.kind is not spec.kind:

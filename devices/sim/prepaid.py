@@ -50,6 +50,7 @@ class PrepaidMeters:
                  prepaid: np.ndarray, prices_fen: np.ndarray, seed: int) -> None:
         self.residents = residents
         self.ids = ids
+        self.row_of = {twin: row for row, twin in enumerate(ids)}
         self.accounts = accounts
         self.active = prepaid & np.array([a is not None for a in accounts], dtype=bool)
         self.price_fen = prices_fen
@@ -57,6 +58,12 @@ class PrepaidMeters:
         low, high = residents.opening_yuan
         draw = np.array([uniform(k, np.uint64(1)) for k in self.keys]) if len(ids) else np.zeros(0)
         self.credit_fen = np.where(self.active, 100.0 * (low + (high - low) * draw), 0.0)
+        #: total credit ever bought on each meter (its 购电总额 register); the opening credit
+        #: counts as bought. A push of a new total credits the difference, once.
+        self.purchased_fen = np.floor(self.credit_fen).astype(np.int64)
+        #: True when residents pay the platform, which pushes credit to the meter (remote
+        #: top-up); False when they load it on the meter themselves (card or keypad)
+        self.remote = False
         low, high = residents.topup_below_yuan
         draw = np.array([uniform(k, np.uint64(2)) for k in self.keys]) if len(ids) else np.zeros(0)
         self.threshold_fen = 100.0 * (low + (high - low) * draw)
@@ -92,6 +99,16 @@ class PrepaidMeters:
         self.cut[restore] = False
         return low, trip, restore
 
+    def push(self, row: int, total_fen: int) -> int:
+        """A remote top-up: the platform writes the new purchase total; the meter credits
+        what exceeds its own total (a repeated or older total credits nothing). Returns the
+        fen credited."""
+        credited = max(0, int(total_fen) - int(self.purchased_fen[row]))
+        if credited:
+            self.credit_fen[row] += credited
+            self.purchased_fen[row] = int(total_fen)
+        return credited
+
     def delay_s(self, row: int) -> float:
         """How long this resident waits before this top-up: lognormal around the median,
         sigma 1 (a third of residents wait over twice the median)."""
@@ -103,8 +120,9 @@ class PrepaidMeters:
         amounts = self.residents.topup_yuan
         pick = uniform(self.keys[row], np.uint64(101 + 2 * int(self.topups[row])))
         fen = int(round(100 * amounts[min(int(pick * len(amounts)), len(amounts) - 1)]))
-        if self.on_meter:
+        if self.on_meter and not self.remote:
             self.credit_fen[row] += fen
+            self.purchased_fen[row] += fen
         self.topups[row] += 1
         self.pending[row] = False
         return fen

@@ -282,6 +282,8 @@ class World:
             self.set_relay(twin_id, bool(value), source)
         elif field == "open":
             self.set_valve(twin_id, bool(value), source)
+        elif field == "purchased_fen":
+            self.push_credit(twin_id, int(value), source)
         else:
             raise KeyError(f"{field!r} is not a control point of the simulated world")
 
@@ -301,6 +303,25 @@ class World:
         kind, srow = self.state.locate(twin_id)
         self.state.report(kind, np.array([srow]), self.now_utc(), relay_closed=int(closed))
         self.events.append(Event(self.now_utc(), twin_id, "relay", "closed" if closed else "open", source))
+
+    def push_credit(self, twin_id: str, total_fen: int, source: str = "platform") -> None:
+        """A remote top-up of a prepaid meter in meter billing: write the new purchase total;
+        the meter credits the difference and closes its relay if that brings it back."""
+        meters = self.prepaid
+        if meters is None or twin_id not in meters.row_of or not meters.active[meters.row_of[twin_id]]:
+            raise KeyError(f"{twin_id!r} is not a prepaid electric meter of this site")
+        if self._unreachable(twin_id):
+            self.events.append(Event(self.now_utc(), twin_id, "credit", "unreachable", source))
+            return
+        row = meters.row_of[twin_id]
+        credited = meters.push(row, total_fen)
+        kind, srow = self.state.locate(twin_id)
+        self.state.report(kind, np.array([srow]), self.now_utc(), purchased_fen=int(meters.purchased_fen[row]),
+                          credit_fen=int(np.floor(meters.credit_fen[row])))
+        self.events.append(Event(self.now_utc(), twin_id, "credit", f"+{credited}", source))
+        if meters.cut[row] and meters.credit_fen[row] > 0:
+            meters.cut[row] = False
+            self.set_relay(twin_id, True, source="meter: credit restored")
 
     def set_valve(self, valve_id: str, open_: bool, source: str = "operator") -> None:
         """Open or close a valve: a closed valve stops its meter's flow, unless stuck."""
@@ -524,7 +545,7 @@ class World:
         assert meters is not None
         twin = meters.ids[row]
         self.events.append(Event(self.now_utc(), twin, "topup", str(fen), f"resident {meters.accounts[row]}"))
-        if not meters.on_meter:
+        if not meters.on_meter or meters.remote:  # paid at the platform
             account = meters.accounts[row]
             if self.on_payment is not None and account is not None:
                 self.on_payment(account, fen, f"sim:{twin}:{int(meters.topups[row])}")
@@ -597,7 +618,10 @@ class World:
         fields["power_factor"][:] = 0.95
         fields["current_a"][:] = fields["power_w"] / (220.0 * 0.95)
         if self.prepaid is not None:
-            fields["credit_fen"][self._state_rows_e] = np.floor(self.prepaid.credit_fen).astype(np.int64)
+            live = fields["online"][self._state_rows_e].astype(bool)  # an offline meter's registers go unread
+            rows = self._state_rows_e[live]
+            fields["credit_fen"][rows] = np.floor(self.prepaid.credit_fen[live]).astype(np.int64)
+            fields["purchased_fen"][rows] = self.prepaid.purchased_fen[live]
 
     # -- ground truth -------------------------------------------------------------------
 

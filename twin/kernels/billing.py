@@ -176,3 +176,29 @@ def bill_fleet(energy: np.ndarray, tariff: np.ndarray, used0: np.ndarray, tables
          tables.surcharges_fen, out["charge_fen"], out["band_units"], out["band_fen"], out["tier_units"],
          out["tier_fen"], out["used_end"])
     return out
+
+
+@njit(cache=True, nogil=True)
+def reconcile(purchased_fen: np.ndarray, credit_fen: np.ndarray, charged_fen: np.ndarray, tolerance_fen: float,
+              tolerance_ratio: float, expected_out: np.ndarray, gap_out: np.ndarray, over_out: np.ndarray) -> None:
+    """Meter billing: the platform's figure of each meter's credit against the meter's own.
+
+    The platform expects a meter to hold what was bought on it (its reported purchase
+    total) less what the platform charged for the energy it measured; `gap` is the meter's
+    reported credit less that figure (negative: the meter deducted more than the tariff
+    says). A meter is `over` when the gap exceeds `tolerance_fen` plus `tolerance_ratio` of
+    what was charged (meters floor their credit and some deduct at one averaged price).
+    Rows with NaN charge (not billed) are never over.
+    """
+    for i in range(purchased_fen.shape[0]):
+        charged = charged_fen[i]
+        if np.isnan(charged):
+            expected_out[i] = np.nan
+            gap_out[i] = 0.0
+            over_out[i] = False
+            continue
+        expected = purchased_fen[i] - charged
+        gap = credit_fen[i] - expected
+        expected_out[i] = expected
+        gap_out[i] = gap
+        over_out[i] = abs(gap) > tolerance_fen + tolerance_ratio * abs(charged)
