@@ -58,10 +58,10 @@ class LiveBilling:
         self.tariffs: list[Tariff] = [parse_tariff(n, scenario.tariffs[n]) for n in names]
         index = {n: i for i, n in enumerate(names)}
         prepaid_accounts = {a.id for a in scenario.site.accounts if a.prepaid}
+        # prepaid and postpaid accounts alike: postpaid ones are billed at the month close
         self.meters = [BilledMeter(t.id, column_of[t.id], t.account, t.utility, index[t.tariff])
                        for t in scenario.site.twins
-                       if t.role == "sub" and t.tariff and t.account in prepaid_accounts and t.utility
-                       and t.id in column_of and t.account is not None]
+                       if t.role == "sub" and t.tariff and t.utility and t.id in column_of and t.account is not None]
         self.columns = np.array([m.column for m in self.meters], dtype=np.int64)
         self.tariff_of = np.array([m.tariff for m in self.meters], dtype=np.int64)
         self.used = np.zeros(len(self.meters))
@@ -70,8 +70,13 @@ class LiveBilling:
         self.row_of = {m.twin: i for i, m in enumerate(self.meters)}
         #: UTC end of the last interval accrued (what a posting covers)
         self.accrued_until = 0
-        self.accounts = sorted({m.account for m in self.meters})
+        #: prepaid accounts billed here (the ones policies watch)
+        self.accounts = sorted({m.account for m in self.meters if m.account in prepaid_accounts})
         self.accrued: dict[tuple[str, str], float] = defaultdict(float)
+        self.prepaid = prepaid_accounts
+        #: postpaid accounts' charges by (site-local month, account, utility): posted at each
+        #: tick with the reference usage:<month>, which the month close bills
+        self.accrued_postpaid: dict[tuple[str, str, str], float] = defaultdict(float)
         self._day: tuple[int, PriceTables] | None = None  # (local midnight UTC, that day's tables)
         self._last_period = np.full(len(self.tariffs), -1, dtype=np.int64)
 
@@ -101,9 +106,13 @@ class LiveBilling:
         out = bill_fleet(energy, self.tariff_of, self.used, tables)
         self.used = out["used_end"]
         self.charged += out["charge_fen"]
+        month = datetime.fromtimestamp(start_utc, tz=self.tz).strftime("%Y-%m")
         for meter, fen in zip(self.meters, out["charge_fen"].tolist(), strict=True):
             if fen:
-                self.accrued[meter.account, meter.utility] += fen
+                if meter.account in self.prepaid:
+                    self.accrued[meter.account, meter.utility] += fen
+                else:
+                    self.accrued_postpaid[month, meter.account, meter.utility] += fen
 
     def available_fen(self, account: str) -> int:
         """Posted balance minus the charge accrued since the last posting (fen)."""
@@ -128,4 +137,10 @@ class LiveBilling:
         for utility, charges in sorted(by_utility.items()):
             made += self.ledger.post_charges(charges, utility, at=now, ref=f"tick:{int(now)}")
         self.accrued.clear()
+        by_month: dict[tuple[str, str], dict[str, float]] = defaultdict(dict)
+        for (month, account, utility), fen in self.accrued_postpaid.items():
+            by_month[month, utility][account] = fen
+        for (month, utility), charges in sorted(by_month.items()):
+            made += self.ledger.post_charges(charges, utility, at=now, ref=f"usage:{month}")
+        self.accrued_postpaid.clear()
         return made

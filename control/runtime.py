@@ -37,6 +37,7 @@ from control.batch import TaskBook
 from control.billing import LiveBilling
 from control.commands import Command, CommandBook
 from control.meter_billing import MeterBilling
+from control.month_close import Closed, MonthClose
 from control.notify import Notifier
 from control.payments import load_secrets
 from control.policies import AccountPolicyState, PolicySettings, PrepaidPolicy
@@ -204,6 +205,9 @@ class Platform:
         self.billing = LiveBilling(self.scenario, self.world.column_of, self.ledger, self.world.interval_s)
         self.posted_until = float(self.store.get_meta("billing_posted_until") or 0.0)
         self.world.on_interval = self._on_interval
+        self.month_close = MonthClose(self.scenario, self.world.column_of, self.ledger, self.store,
+                                      self.world.start_utc)
+        self.closed_months: list[Closed] = []
         residents = self.scenario.residents
         self.platform_billing = residents is not None and residents.billing == "platform"
         self.meter_billing: MeterBilling | None = None
@@ -239,6 +243,7 @@ class Platform:
     def _on_interval(self, start_utc: int, reported: np.ndarray) -> None:
         if start_utc + self.world.interval_s > self.posted_until:  # replayed intervals were posted already
             self.billing.on_interval(start_utc, reported)
+            self.month_close.on_interval(start_utc, reported)
 
     def _resident_payment(self, account: str, fen: int, payment_id: str) -> None:
         result = self.ledger.top_up(payment_id, account, fen, at=self.now())
@@ -284,6 +289,7 @@ class Platform:
         self.billing.post(now)
         if self.meter_billing is not None:
             self.meter_billing.posted()
+        self.closed_months += self.month_close.tick(self.billing.accrued_until, now)
         # up to the end of the last interval billed: an interval ending right now may not have closed yet
         self.posted_until = max(self.posted_until, float(self.billing.accrued_until))
         self.store.set_meta("billing_posted_until", str(self.posted_until))

@@ -19,8 +19,17 @@ The format, by example (every table but [site] and [[buildings]] is optional)::
     [tariffs.res-power]           # tariffs by name: any table, read by billing
     kind = "tiered"
 
-    [[fee_items]]                 # fee items: any table, read by billing
+    [[fee_items]]                 # fee items (twin/fees.py): charged at each month close
     name = "property fee"
+    basis = "area"                # or "fixed" (yuan_month), or period = "once" (yuan)
+    yuan_per_m2_month = 1.8
+    charge = "balance"            # from the balance, or "bill" (receivable)
+
+    [[apportion]]                 # common-area apportionment (公摊, twin/fees.py), monthly
+    name = "corridor lighting"
+    source = "B01.sc-corridor"    # a shared circuit, or a master meter (B01.mm): its gap
+    basis = "area"                # area, usage or equal, over the building's accounts
+    price_yuan = 0.6
 
     [[buildings]]                 # a block of identical buildings
     ids = "B01..B06"              # or id = "B01"; the range keeps the first id's zero padding
@@ -31,7 +40,8 @@ The format, by example (every table but [site] and [[buildings]] is optional)::
     use = "flat"                  # flat or shop
     profile = "household"
     vacant_share = 0.05           # rooms left vacant, chosen by CRC-32 of the room id
-    electric = { phases = 1, tariff = "res-power", prepaid = true }   # leave out: no meters
+    electric = { phases = 1, tariff = "res-power", prepaid = true }   # leave out: no meters;
+                                  # prepaid = false: the account is postpaid (monthly bills)
     water = { tariff = "res-water", valve = true }
     master = { electric = true, water = true, loss_pct = 2.0, fixed_loss_w = 150 }
     elevators = { count = 2, trip_kwh = 0.06, standby_w = 250, trips_per_day = 350 }
@@ -89,6 +99,7 @@ from scenarios.schema import (
     Scenario,
     When,
 )
+from twin.fees import FeeError, parse_apportionments, parse_fee_items
 from twin.model import Account, Building, Floor, Kind, Room, Site, TwinSpec
 from twin.tariffs import TariffError, parse_tariff
 
@@ -305,8 +316,8 @@ PROFILE_RULES = {
     "daily_cv": (lambda v: 0 <= v <= 2, "daily_cv must be in [0, 2]"),
     "away_prob": (lambda v: 0 <= v < 1, "away_prob must be in [0, 1)"),
 }
-TOP_KEYS = ("site", "profiles", "tariffs", "fee_items", "buildings", "rooms", "inject", "random_inject",
-            "residents")
+TOP_KEYS = ("site", "profiles", "tariffs", "fee_items", "apportion", "buildings", "rooms", "inject",
+            "random_inject", "residents")
 RESIDENT_KEYS = ("opening_yuan", "topup_below_yuan", "topup_delay_hours", "topup_yuan", "billing")
 
 
@@ -376,6 +387,13 @@ def _build(doc: dict[str, Any], r: _Reader, path: str) -> Scenario:
     fee_items = doc.get("fee_items", [])
     if not isinstance(fee_items, list) or not all(isinstance(f, dict) for f in fee_items):
         raise r.fail(("fee_items",), "must be an array of tables: [[fee_items]]")
+    try:
+        parse_fee_items(fee_items)
+    except FeeError as err:
+        raise r.fail(_fee_path(str(err)), str(err).split(": ", 1)[1]) from None
+    apportion = doc.get("apportion", [])
+    if not isinstance(apportion, list) or not all(isinstance(f, dict) for f in apportion):
+        raise r.fail(("apportion",), "must be an array of tables: [[apportion]]")
 
     blocks = doc["buildings"]
     if not isinstance(blocks, list) or not blocks:
@@ -393,8 +411,21 @@ def _build(doc: dict[str, Any], r: _Reader, path: str) -> Scenario:
     injections = _injections(r, doc.get("inject", []), built.twin_ids)
     randoms = _randoms(r, doc.get("random_inject", []))
     residents = _residents(r, doc["residents"]) if "residents" in doc else None
+    try:
+        parse_apportionments(apportion, site)
+    except FeeError as err:
+        raise r.fail(_fee_path(str(err)), str(err).split(": ", 1)[1]) from None
     return Scenario(path, site, profiles, tariffs, list(fee_items), injections, randoms,
-                    INTERVALS[interval], start, days, residents)
+                    INTERVALS[interval], start, days, residents, list(apportion))
+
+
+def _fee_path(message: str) -> tuple[Any, ...]:
+    """("fee_items", 0, "name") from a FeeError's "fee_items[0].name: ..."."""
+    match = re.match(r"(\w+)\[(\d+)\](?:\.(\w+))?", message)
+    if match is None:
+        return ("fee_items",)
+    table, index, field = match.groups()
+    return (table, int(index), field) if field else (table, int(index))
 
 
 def _residents(r: _Reader, raw: Any) -> Residents:
@@ -701,6 +732,7 @@ class _Builder:
                 self.site.accounts.append(holder)
             holder.rooms.append(room_id)
             holder.meters += [s.id for s in specs if s.kind is not Kind.VALVE]
+            holder.prepaid = holder.prepaid and all(s.prepaid for s in specs if s.kind is not Kind.VALVE)
 
     def _merge(self, base: dict[str, Any] | None, value: Any, where: tuple[Any, ...], keys: tuple[str, ...],
                parse: Any) -> dict[str, Any] | None:

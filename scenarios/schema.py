@@ -186,3 +186,4 @@ class Scenario:
     start: datetime | None = None  #: default start (site-local), None: the CLI default
     days: float | None = None  #: default length of a run in days
     residents: Residents | None = None  #: simulated prepaid residents, None: meters hold no credit
+    apportion: list[dict[str, Any]] = field(default_factory=list)  #: common-area apportionments, as written

@@ -102,3 +102,65 @@ def apportion(total_fen: int, weights: dict[str, float]) -> dict[str, int]:
     for account in order[:left]:
         shares[account] += 1
     return shares
+
+
+@dataclass(frozen=True, slots=True)
+class Apportionment:
+    """Common-area apportionment (公摊) of one source over a building's accounts, monthly.
+
+    Written in the scenario as::
+
+        [[apportion]]
+        name = "corridor lighting"   # shown as revenue:fee:<name>
+        source = "B01.sc-corridor"   # a shared circuit, or a master meter (B01.mm): its gap,
+                                     #   the master's reading less everything it feeds
+        basis = "area"               # "area" (room floor area), "usage" (the accounts' own use
+                                     #   of the same utility that month) or "equal"
+        price_yuan = 0.6             # per kWh (or m3) apportioned
+        charge = "balance"           # or "bill"
+
+    Example: ``Apportionment("corridor", "B01.sc-corridor", "B01", "electric", "area", 60.0, "balance")``.
+    """
+
+    name: str  #: fee name
+    source: str  #: shared circuit or master meter id
+    building: str  #: whose accounts share it
+    utility: str  #: electric or water
+    basis: str  #: area, usage or equal
+    price_fen: float  #: fen per unit
+    charge: str  #: balance or bill
+    gap: bool = False  #: the source is a master meter: its gap is apportioned
+
+
+def parse_apportionments(items: list[dict[str, Any]], site: Site) -> list[Apportionment]:
+    """Apportionments from scenario tables; FeeError names the entry and field."""
+    twins = {t.id: t for t in site.twins}
+    out = []
+    for i, item in enumerate(items):
+        where = f"apportion[{i}]"
+        unknown = set(item) - {"name", "source", "basis", "price_yuan", "charge"}
+        if unknown:
+            raise FeeError(f"{where}.{sorted(unknown)[0]}: unknown field; use name, source, basis, price_yuan, charge")
+        name = item.get("name")
+        if not isinstance(name, str) or not name.strip():
+            raise FeeError(f"{where}.name: give the apportionment's name")
+        source = twins.get(str(item.get("source")))
+        if source is None:
+            raise FeeError(f"{where}.source: no twin {item.get('source')!r}; name a shared circuit (B01.sc-corridor)"
+                           " or a master meter (B01.mm)")
+        gap = source.role == "master"
+        if not gap and source.kind.value != "shared_circuit":
+            raise FeeError(f"{where}.source: {source.id} is a {source.kind.value}; name a shared circuit or a "
+                           "master meter")
+        basis = item.get("basis", "area")
+        if basis not in ("area", "usage", "equal"):
+            raise FeeError(f"{where}.basis: 'area', 'usage' or 'equal', not {basis!r}")
+        price = item.get("price_yuan")
+        if not isinstance(price, int | float) or isinstance(price, bool) or price < 0:
+            raise FeeError(f"{where}.price_yuan: give the price per unit in yuan, >= 0")
+        charge = item.get("charge", "balance")
+        if charge not in ("balance", "bill"):
+            raise FeeError(f"{where}.charge: 'balance' or 'bill', not {charge!r}")
+        utility = source.utility or "electric"
+        out.append(Apportionment(name, source.id, source.building, utility, basis, 100.0 * float(price), charge, gap))
+    return out

@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 import sqlite3
 import threading
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -278,6 +279,46 @@ class Ledger:
                            " VALUES (?, ?, ?, ?, ?, ?, ?)", transfers)
             db.execute("UPDATE accounts SET balance = balance + ? WHERE id = ?", (int(fen.sum()), revenue))
         return len(transfers)
+
+    def charge_once(self, charges: list[tuple[str, str, int, bool]], *, at: float, ref: str) -> int:
+        """Fee items and apportioned shares of one run, in one transaction, idempotent on
+        (`ref`, account, item): (account, item, fen, billed) each, from the balance or as a
+        bill (receivable); a row already charged under `ref` is skipped, so a run that is
+        repeated after a crash charges nothing twice. Returns the transfers made."""
+        made = 0
+        with self._write() as db:
+            seen = {(d, c) for d, c in db.execute("SELECT debit, credit FROM transfers WHERE ref = ?", (ref,))}
+            for account, item, fen, billed in charges:
+                debit = f"receivable:{account}" if billed else resident(account)
+                credit = f"revenue:fee:{item}"
+                if fen <= 0 or (debit, credit) in seen:
+                    continue
+                self._transfer(db, "bill" if billed else "fee", debit, credit, int(fen), at, ref=ref)
+                seen.add((debit, credit))
+                made += 1
+        return made
+
+    def issue_bills(self, accounts: list[str], usage_ref: str, *, at: float, ref: str) -> dict[str, int]:
+        """Postpaid accounts: bill the charges posted to them under `usage_ref` (a period's
+        usage) by moving that sum to receivable:<account>, in one transaction, idempotent
+        on `ref` (one bill per account per period). Returns fen billed per account."""
+        billed: dict[str, int] = {}
+        with self._write() as db:
+            done = {d for (d,) in db.execute("SELECT debit FROM transfers WHERE ref = ? AND kind = 'bill'", (ref,))}
+            owed: dict[str, int] = defaultdict(int)
+            for debit, credit, amount in db.execute(
+                    "SELECT debit, credit, amount FROM transfers WHERE ref = ? AND kind = 'charge'", (usage_ref,)):
+                if debit.startswith("resident:"):
+                    owed[debit[len("resident:"):]] += int(amount)
+                elif credit.startswith("resident:"):
+                    owed[credit[len("resident:"):]] -= int(amount)
+            for account in accounts:
+                receivable = f"receivable:{account}"
+                if receivable in done or owed.get(account, 0) <= 0:
+                    continue
+                self._transfer(db, "bill", receivable, resident(account), owed[account], at, ref=ref)
+                billed[account] = owed[account]
+        return billed
 
     # -- invariants ---------------------------------------------------------------------
 
