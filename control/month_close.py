@@ -151,8 +151,8 @@ class MonthClose:
         for share in self.shares:
             units = sums.get(f"src:{share.name}", 0.0)
             total = round_half_up(units * share.price_fen) if units > 0 else 0
-            weights = self._weights(share, sums)
-            if total <= 0 or not weights:
+            weights = self._weights(share, sums) if total > 0 else {}
+            if not weights:
                 if units < 0:
                     log.warning("apportion %s %s: negative gap (%.2f), nothing apportioned", share.name, month, units)
                 apportioned[share.name] = 0

@@ -448,6 +448,7 @@ class Platform:
             "speed": self.speed, "twins": len(world.state), "open_alarms": len(self.alarms.open_alarms()),
             "open_commands": len(self.commands.open), "uptime_s": round(time.time() - self.started_wall, 1),
             "replay_s": round(self.replay_seconds, 2), "webhooks": self.notifier.status(),
+            "months_closed": self.month_close.closed or None,
             "tasks": [{"name": t.name, "every_s": t.every_s, "runs": t.runs, "last_error": t.last_error}
                       for t in self.tasks],
         }

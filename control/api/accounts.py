@@ -118,6 +118,29 @@ async def refund(request: Request, account_id: str, body: RefundRequest, who: Pr
         return {"account": account_id, "transfer": transfer, "balance_fen": platform.ledger.balance(account_id)}
 
 
+@router.get("/api/arrears", dependencies=[Viewer], summary="Accounts owing on bills, most owed first")
+async def arrears(request: Request) -> list[dict[str, Any]]:
+    """Postpaid bills and billed fees not yet paid. Example: `GET /api/arrears`."""
+    platform = get_platform(request)
+    rows = await asyncio.to_thread(platform.ledger.arrears)
+    return [{"account": account, "owed_fen": owed} for account, owed in rows]
+
+
+@router.post("/api/accounts/{account_id}/bill-payments", status_code=201, summary="Pay an account's bills")
+async def pay_bill(request: Request, account_id: str, body: TopUpRequest, who: Principal = Operator) -> dict[str, Any]:
+    """A payment against the account's bills (postpaid usage, billed fees); idempotent on
+    `payment_id` like a top-up. Example body: `{"payment_id": "bank-7781", "amount_fen": 42150}`."""
+    platform = get_platform(request)
+    _account(platform, account_id)
+    try:
+        transfer = await asyncio.to_thread(platform.ledger.pay_bill, body.payment_id, account_id, body.amount_fen,
+                                           at=platform.now())
+    except LedgerError as err:
+        raise HTTPException(409, str(err)) from None
+    owed = dict(await asyncio.to_thread(platform.ledger.arrears)).get(account_id, 0)
+    return {"account": account_id, "transfer": transfer, "owed_fen": owed, "by": who.name}
+
+
 @router.post("/api/payments/{provider}", summary="A payment provider's signed callback")
 async def payment_callback(request: Request, provider: str) -> dict[str, Any]:
     """The raw body signed with HMAC-SHA256 under the provider's secret (see

@@ -3,12 +3,16 @@ checked against figures computed here from the readings."""
 
 from __future__ import annotations
 
+import asyncio
 from collections import defaultdict
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
+import httpx
 import pytest
 
+from control.api.app import create_app
+from control.auth import Role
 from control.runtime import Platform
 from scenarios.loader import ScenarioError, load_scenario_text
 from twin.ledger import round_half_up
@@ -121,7 +125,26 @@ def test_january_closes_once_with_fees_shares_and_a_postpaid_bill(tmp_path):
     p.month_close.close("2026-01", p.now())  # closing again charges nothing twice
     assert len(refs("fees:2026-01")) == 8 and len(refs("bill:2026-01")) == 1
     ledger.check()
+    # over the API: the arrears list, then the shop pays its bills (once, whatever the retries)
+    asyncio.run(_pay_over_http(p, owed[POSTPAID]))
+    ledger.check()
     p.close()
+
+
+async def _pay_over_http(p: Platform, owed: int) -> None:
+    key = p.auth.create_key("finance", Role.parse("operator"))
+    transport = httpx.ASGITransport(app=create_app(p))
+    async with httpx.AsyncClient(transport=transport, base_url="http://metertwin",
+                                 headers={"Authorization": f"Bearer {key}"}) as client:
+        listed = (await client.get("/api/arrears")).json()
+        assert {r["account"]: r["owed_fen"] for r in listed}[POSTPAID] == owed
+        body = {"payment_id": "bank-1", "amount_fen": owed}
+        for _ in range(2):
+            paid = await client.post(f"/api/accounts/{POSTPAID}/bill-payments", json=body)
+            assert paid.status_code == 201 and paid.json()["owed_fen"] == 0
+        assert POSTPAID not in {r["account"] for r in (await client.get("/api/arrears")).json()}
+        other = await client.post(f"/api/accounts/{POSTPAID}/bill-payments", json={**body, "amount_fen": 1})
+        assert other.status_code == 409 and "bank-1" in other.json()["detail"]
 
 
 def test_a_bad_apportionment_names_the_entry_and_field(tmp_path):
