@@ -158,6 +158,12 @@ class RegisterMap:
         chosen = reads or feeds
         return chosen[0] if chosen else None
 
+    def polled(self) -> tuple[Point, ...]:
+        """What a poll cycle reads: the point feeding each twin field (control points are
+        read back only after a write)."""
+        feeding = {self.feeding(p.field, p.twin) for p in self.points if p.field is not None}
+        return tuple(p for p in self.points if p in feeding)
+
     def control(self, name: str, twin: str = "self") -> Point | None:
         """The control point that writes a twin field, if the model has one."""
         return next((p for p in self.points if p.field == name and p.twin == twin and p.writable), None)
@@ -308,28 +314,41 @@ def load_map(model: str) -> RegisterMap:
     return load_map_file(path)
 
 
-def plan_reads(regmap: RegisterMap, max_gap: int = 8) -> list[Read]:
-    """The map's points in as few contiguous read requests as it allows: points of one
-    table merge while the span stays within `max_read` registers (16 x that for bits) and,
-    where the device allows reading unused registers, gaps of at most `max_gap`."""
+def plan_reads(regmap: RegisterMap, points: tuple[Point, ...] | None = None, max_gap: int = 8) -> list[Read]:
+    """`points` (default: all of the map's) in as few contiguous read requests as the map
+    allows: points of one table merge while the span stays within `max_read` registers
+    (16 x that for bits) and, where the device allows reading unused registers, gaps of at
+    most `max_gap`. A request reads every point inside its span, asked for or not."""
+    wanted = regmap.points if points is None else points
     reads: list[Read] = []
     for table in TABLES:
-        points = [p for p in regmap.points if p.table == table]
+        inside = [p for p in wanted if p.table == table]
+        if not inside:
+            continue
+        points_t = [p for p in regmap.points if p.table == table]
         limit = regmap.max_read * (16 if table in BIT_TABLES else 1)
         gap_ok = max_gap if regmap.read_gaps else 0
         group: list[Point] = []
-        for p in points:
+        for p in inside:
             if group:
                 start, end = group[0].address, group[-1].address + group[-1].size
-                if p.address - end <= gap_ok and p.address + p.size - start <= limit:
+                # registers between that no point uses: read only where the device allows it
+                unused = p.address - end - sum(q.size for q in points_t if end <= q.address < p.address)
+                if unused <= gap_ok and p.address + p.size - start <= limit:
                     group.append(p)
                     continue
-                reads.append(Read(table, start, end - start, tuple(group)))
+                reads.append(_read(table, group, points_t))
             group = [p]
         if group:
-            start, end = group[0].address, group[-1].address + group[-1].size
-            reads.append(Read(table, start, end - start, tuple(group)))
+            reads.append(_read(table, group, points_t))
     return reads
+
+
+def _read(table: str, group: list[Point], points_t: list[Point]) -> Read:
+    """One request spanning `group`, carrying every point of the table inside the span."""
+    start, end = group[0].address, group[-1].address + group[-1].size
+    return Read(table, start, end - start, tuple(p for p in points_t if start <= p.address and
+                                                 p.address + p.size <= end))
 
 
 __all__ = ["MAPS_DIR", "MapError", "Point", "Read", "RegisterMap", "decode", "encode", "load_map", "load_map_file",

@@ -122,3 +122,17 @@ def test_a_missing_model_or_syntax_error_names_the_file(tmp_path):
         load_map_file(path)
     with pytest.raises(MapError, match="no register map 'nope'; shipped: .*sdm630"):
         load_map("nope")
+
+
+def test_a_poll_reads_a_prepaid_meter_in_one_request_and_skips_unused_registers():
+    """The prepaid meter's polled points sit in one holding block; a device that refuses
+    reads of unused registers gets separate requests."""
+    pm1 = load_map("metertwin-pm1")
+    reads = plan_reads(pm1, pm1.polled())
+    assert [(r.table, r.address, r.count) for r in reads] == [("holding", 0, 25)]
+    assert pm1.control("relay_closed").table == "coil" and pm1.feeding("relay_closed").table == "holding"
+    sdm = load_map("sdm630")
+    assert len(plan_reads(sdm, sdm.polled())) == 2  # 44 unused registers between the blocks: two requests
+    strict = type(sdm)(sdm.name, sdm.kind, sdm.points, read_gaps=False)
+    spans = [(r.address, r.count) for r in plan_reads(strict)]
+    assert (0, 12) in spans and all(c <= 24 for _, c in spans)
