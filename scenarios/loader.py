@@ -58,6 +58,11 @@ The format, by example (every table but [site] and [[buildings]] is optional)::
     profile = "shop"              # also: area_m2, use, vacant, account, electric, water
     electric = { phases = 3 }     # merged over the block's table; electric = false removes it
 
+    [[modbus]]                    # a twin read from Modbus hardware instead of the simulated world
+    twin = "B01.mm"
+    url = "modbus://10.0.3.17:502/1"  # or modbus+tls://HOST:PORT/UNIT, rtu:///dev/ttyUSB0/UNIT?baud=9600
+    model = "sdm630"              # a register map of devices/modbus/maps/, or a path to one
+
     [[inject]]                    # a fault or theft on one twin
     twin = "B02-05-01.wm"
     kind = "leak"
@@ -88,11 +93,14 @@ from dataclasses import fields
 from datetime import date, datetime, timedelta
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from devices.modbus.maps import MapError, load_map
 from scenarios.schema import (
     INJECTION_PARAMS,
     Injection,
+    ModbusSource,
     ProfileClass,
     RandomInjections,
     Residents,
@@ -317,7 +325,7 @@ PROFILE_RULES = {
     "away_prob": (lambda v: 0 <= v < 1, "away_prob must be in [0, 1)"),
 }
 TOP_KEYS = ("site", "profiles", "tariffs", "fee_items", "apportion", "buildings", "rooms", "inject",
-            "random_inject", "residents")
+            "random_inject", "residents", "modbus")
 RESIDENT_KEYS = ("opening_yuan", "topup_below_yuan", "topup_delay_hours", "topup_yuan", "billing")
 
 
@@ -415,8 +423,60 @@ def _build(doc: dict[str, Any], r: _Reader, path: str) -> Scenario:
         parse_apportionments(apportion, site)
     except FeeError as err:
         raise r.fail(_fee_path(str(err)), str(err).split(": ", 1)[1]) from None
+    modbus = _modbus_sources(r, doc.get("modbus", []), site)
     return Scenario(path, site, profiles, tariffs, list(fee_items), injections, randoms,
-                    INTERVALS[interval], start, days, residents, list(apportion))
+                    INTERVALS[interval], start, days, residents, list(apportion), modbus)
+
+
+def parse_modbus_url(twin: str, url: str, model: str) -> ModbusSource:
+    """`modbus://HOST:PORT/UNIT`, `modbus+tls://HOST:PORT/UNIT` or
+    `rtu:///dev/ttyUSB0/UNIT?baud=9600` as a source; ValueError says what is wrong."""
+    parts = urlsplit(url)
+    segments = parts.path.rstrip("/").split("/")
+    try:
+        unit = int(segments[-1])
+    except ValueError:
+        unit = -1
+    if not 1 <= unit <= 247:
+        raise ValueError(f"{url!r}: end with the unit id 1..247, for example modbus://10.0.3.17:502/1")
+    if parts.scheme in ("modbus", "modbus+tls"):
+        if not parts.hostname:
+            raise ValueError(f"{url!r}: name the gateway, for example modbus://10.0.3.17:502/1")
+        return ModbusSource(twin, parts.hostname, parts.port or 502, unit, model, tls=parts.scheme == "modbus+tls")
+    if parts.scheme == "rtu":
+        device = "/".join(segments[:-1])
+        query = dict(p.split("=", 1) for p in parts.query.split("&") if "=" in p)
+        baud = int(query.get("baud", "9600")) if query.get("baud", "9600").isdigit() else 0
+        if not device or baud <= 0:
+            raise ValueError(f"{url!r}: use rtu:///dev/ttyUSB0/UNIT?baud=9600")
+        return ModbusSource(twin, device, 0, unit, model, baud=baud)
+    raise ValueError(f"{url!r}: the scheme is modbus://, modbus+tls:// or rtu://")
+
+
+def _modbus_sources(r: _Reader, raw: Any, site: Site) -> list[ModbusSource]:
+    if not isinstance(raw, list):
+        raise r.fail(("modbus",), "must be an array of tables: [[modbus]]")
+    metered = {t.id for t in site.twins if t.metered}
+    out, seen = [], set()
+    for i, table in enumerate(raw):
+        where = ("modbus", i)
+        table = r.table(table, where, ("twin", "url", "model"), required=("twin", "url", "model"))
+        twin = table["twin"]
+        if twin not in metered:
+            raise r.fail((*where, "twin"), f"no metered twin {twin!r} in this site")
+        if twin in seen:
+            raise r.fail((*where, "twin"), f"{twin} has a Modbus source already")
+        seen.add(twin)
+        try:
+            source = parse_modbus_url(twin, str(table["url"]), str(table["model"]))
+        except ValueError as err:
+            raise r.fail((*where, "url"), str(err)) from None
+        try:
+            load_map(source.model)
+        except MapError as err:
+            raise r.fail((*where, "model"), str(err)) from None
+        out.append(source)
+    return out
 
 
 def _fee_path(message: str) -> tuple[Any, ...]:

@@ -172,6 +172,20 @@ class Residents:
 
 
 @dataclass(frozen=True, slots=True)
+class ModbusSource:
+    """A twin whose readings come from real (or separately emulated) Modbus hardware.
+    Example: ``ModbusSource("B01.mm", "10.0.3.17", 502, 1, "sdm630")``."""
+
+    twin: str  #: twin id
+    host: str  #: gateway host, or the serial device for RTU
+    port: int  #: TCP port (0 for serial)
+    unit: int  #: Modbus unit id, 1..247
+    model: str  #: register map name or path
+    tls: bool = False  #: Modbus/TCP Security (modbus+tls://)
+    baud: int = 0  #: serial baud rate (rtu://), 0 for TCP
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """A loaded scenario: the site plus what drives its simulation."""
 
@@ -187,3 +201,4 @@ class Scenario:
     days: float | None = None  #: default length of a run in days
     residents: Residents | None = None  #: simulated prepaid residents, None: meters hold no credit
     apportion: list[dict[str, Any]] = field(default_factory=list)  #: common-area apportionments, as written
+    modbus: list[ModbusSource] = field(default_factory=list)  #: twins polled from Modbus hardware

@@ -221,3 +221,46 @@ def test_any_mutation_fails_only_with_a_scenario_error(position, junk):
         load_scenario_text(text)
     except ScenarioError as err:
         assert str(err)
+
+
+MODBUS_SITE = """\
+[site]
+id = "MB"
+
+[[buildings]]
+id = "B01"
+floors = 1
+rooms_per_floor = 2
+electric = {}
+master = { electric = true }
+
+[[modbus]]
+twin = "B01.mm"
+url = "modbus://10.0.3.17:502/3"
+model = "sdm630"
+
+[[modbus]]
+twin = "B01-01-02.em"
+url = "rtu:///dev/ttyUSB0/7?baud=2400"
+model = "metertwin-pm1"
+"""
+
+
+def test_modbus_sources_name_twin_gateway_unit_and_map():
+    sources = load_scenario_text(MODBUS_SITE).modbus
+    assert [(s.twin, s.host, s.port, s.unit, s.model, s.baud) for s in sources] == [
+        ("B01.mm", "10.0.3.17", 502, 3, "sdm630", 0), ("B01-01-02.em", "/dev/ttyUSB0", 0, 7, "metertwin-pm1", 2400)]
+
+
+@pytest.mark.parametrize(("old", "new", "field", "message"), [
+    ('url = "modbus://10.0.3.17:502/3"', 'url = "modbus://10.0.3.17:502/300"', "modbus[0].url", "unit id 1..247"),
+    ('url = "modbus://10.0.3.17:502/3"', 'url = "http://x/3"', "modbus[0].url", "scheme"),
+    ('model = "sdm630"', 'model = "sdm999"', "modbus[0].model", "no register map 'sdm999'"),
+    ('twin = "B01.mm"', 'twin = "B09.mm"', "modbus[0].twin", "no metered twin 'B09.mm'"),
+])
+def test_a_bad_modbus_source_names_line_and_field(old, new, field, message):
+    text = MODBUS_SITE.replace(old, new)
+    with pytest.raises(ScenarioError) as err:
+        load_scenario_text(text)
+    assert field in str(err.value) and message in str(err.value)
+    assert err.value.line == text.splitlines().index(new) + 1
