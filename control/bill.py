@@ -21,9 +21,11 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from scenarios.loader import load_scenario
-from twin.history import open_history
+from scenarios.schema import Scenario
+from twin.history import History, open_history
 from twin.kernels.billing import MAX_BANDS, MAX_TIERS, bill_fleet
 from twin.ledger import round_half_up
+from twin.model import TwinSpec
 from twin.tariffs import Tariff, parse_tariff, price_tables
 
 
@@ -54,27 +56,52 @@ def month_bounds(month: str, timezone: str) -> tuple[int, int]:
     return int(start.replace(tzinfo=tz).timestamp()), int(end.replace(tzinfo=tz).timestamp())
 
 
-def bill_history(scenario_path: str, history_dir: str, month: str | None = None,
-                 tariff_name: str | None = None) -> tuple[str, list[Line], dict[str, list[str]]]:
-    """Bill a month of a history; returns (the month, lines, band names by tariff)."""
-    scenario = load_scenario(scenario_path)
-    history = open_history(history_dir)
-    tz = scenario.site.timezone
+@dataclass
+class MeterBill:
+    """One billed meter's charges for a month (or the part of it up to `until`)."""
+
+    twin: str  #: twin id of the meter
+    building: str  #: building the meter sits in
+    account: str  #: account billed for it
+    utility: str  #: electric or water
+    tariff: str  #: tariff it was billed under
+    units: float  #: kWh or m3 in the span
+    fen: float  #: exact charge, not yet rounded to the fen
+    band_units: np.ndarray  #: units by band index of the tariff
+    band_fen: np.ndarray  #: charge by band index
+    tier_units: np.ndarray  #: units by tier
+    tier_fen: np.ndarray  #: tier surcharges by tier
+
+
+def last_month(history: History, timezone: str) -> str:
+    """'YYYY-MM' of the site-local month holding the history's last interval."""
     if history.end is None:
-        raise ValueError(f"{history_dir} holds no readings")
-    if month is None:
-        last = datetime.fromtimestamp(history.end - 1, tz=ZoneInfo(tz))
-        month = f"{last.year:04d}-{last.month:02d}"
+        raise ValueError(f"{history.directory} holds no readings")
+    last = datetime.fromtimestamp(history.end - 1, tz=ZoneInfo(timezone))
+    return f"{last.year:04d}-{last.month:02d}"
+
+
+def bill_meters(scenario: Scenario, history: History, month: str, tariff_name: str | None = None,
+                until: int | None = None) -> tuple[list[MeterBill], dict[str, list[str]]]:
+    """Bill every billed meter of a history over a site-local month, or over its first part
+    up to `until` (UTC, on an interval boundary); returns (meter bills in history column
+    order, band names by tariff). A meter is billed when it is a sub meter with an account
+    and a tariff; `tariff_name` bills its utility's meters under that tariff instead."""
+    tz = scenario.site.timezone
     start, end = month_bounds(month, tz)
+    if until is not None:
+        end = min(end, until)
     interval = history.interval_s
     if start % interval or end % interval:
         raise ValueError(f"month {month} does not start on an interval of {interval}s in {tz}")
+    if end <= start:
+        raise ValueError(f"nothing to bill in {month} before {until}")
     tariffs: dict[str, Tariff] = {name: parse_tariff(name, table) for name, table in scenario.tariffs.items()}
     if tariff_name is not None and tariff_name not in tariffs:
         known = ", ".join(sorted(tariffs)) or "none"
         raise ValueError(f"--tariff {tariff_name!r} is not in the scenario; it has: {known}")
     specs = {t.id: t for t in scenario.site.twins}
-    rows: list[tuple[int, str, str, str]] = []  # column, account, utility, tariff
+    rows: list[tuple[int, TwinSpec, str]] = []  # column, meter, tariff
     for column, twin_id in enumerate(history.topology.ids):
         spec = specs.get(twin_id)
         if spec is None or spec.role != "sub" or spec.account is None or spec.utility is None:
@@ -84,7 +111,7 @@ def bill_history(scenario_path: str, history_dir: str, month: str | None = None,
             name = tariff_name
         if name is None:
             continue
-        rows.append((column, spec.account, spec.utility, name))
+        rows.append((column, spec, name))
     if not rows:
         raise ValueError("no billed meter in this history: meters need an account and a tariff in the scenario")
     order = sorted({name for *_, name in rows})
@@ -94,27 +121,44 @@ def bill_history(scenario_path: str, history_dir: str, month: str | None = None,
     columns = [c for c, *_ in rows]
     energy = history.read(start, end, columns)
     used0 = np.zeros(len(rows))
-    for i, (_, _, _, name) in enumerate(rows):
+    for i, (_, _, name) in enumerate(rows):
         if tariffs[name].period == "year":  # the year's use so far, from the history
             year_start = month_bounds(f"{month[:4]}-01", tz)[0]
             if year_start < start:
                 used0[i] = float(np.nansum(history.read(year_start, start, [columns[i]]), dtype=np.float64))
     out = bill_fleet(energy, np.array([index[name] for *_, name in rows]), used0, tables)
+    bills = [MeterBill(spec.id, spec.building, spec.account or "", spec.utility or "", name,
+                       float(out["band_units"][i].sum()), float(out["charge_fen"][i]), out["band_units"][i],
+                       out["band_fen"][i], out["tier_units"][i], out["tier_fen"][i])
+             for i, (_, spec, name) in enumerate(rows)]
+    return bills, {name: tables.band_names[i] for i, name in enumerate(order)}
+
+
+def bill_history(scenario_path: str | Scenario, history_dir: str | History, month: str | None = None,
+                 tariff_name: str | None = None) -> tuple[str, list[Line], dict[str, list[str]]]:
+    """Bill a month of a history (default: its last); returns (the month, lines, band names
+    by tariff). The scenario and history may be given loaded or as paths."""
+    scenario = scenario_path if isinstance(scenario_path, Scenario) else load_scenario(scenario_path)
+    history = history_dir if isinstance(history_dir, History) else open_history(history_dir)
+    if month is None:
+        month = last_month(history, scenario.site.timezone)
+    elif history.end is None:
+        raise ValueError(f"{history.directory} holds no readings")
+    bills, band_names = bill_meters(scenario, history, month, tariff_name)
     lines: dict[tuple[str, str], Line] = {}
-    for i, (_, account, utility, name) in enumerate(rows):
-        key = (account, utility)
+    for bill in bills:
+        key = (bill.account, bill.utility)
         if key not in lines:
-            lines[key] = Line(account, utility, name, 0, 0.0, 0.0, np.zeros(MAX_BANDS), np.zeros(MAX_BANDS),
-                              np.zeros(MAX_TIERS), np.zeros(MAX_TIERS))
+            lines[key] = Line(bill.account, bill.utility, bill.tariff, 0, 0.0, 0.0, np.zeros(MAX_BANDS),
+                              np.zeros(MAX_BANDS), np.zeros(MAX_TIERS), np.zeros(MAX_TIERS))
         line = lines[key]
         line.meters += 1
-        line.units += float(out["band_units"][i].sum())
-        line.fen += float(out["charge_fen"][i])
-        line.band_units += out["band_units"][i]
-        line.band_fen += out["band_fen"][i]
-        line.tier_units += out["tier_units"][i]
-        line.tier_fen += out["tier_fen"][i]
-    band_names = {name: tables.band_names[i] for i, name in enumerate(order)}
+        line.units += bill.units
+        line.fen += bill.fen
+        line.band_units += bill.band_units
+        line.band_fen += bill.band_fen
+        line.tier_units += bill.tier_units
+        line.tier_fen += bill.tier_fen
     return month, sorted(lines.values(), key=lambda x: (x.utility, x.account)), band_names
 
 

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from control.api import accounts, alarms, commands, keys, tasks, twins
+from control.api import accounts, alarms, commands, energy, keys, tasks, twins
 
 if TYPE_CHECKING:
     from control.runtime import Platform
@@ -25,7 +25,7 @@ def create_app(platform: Platform) -> FastAPI:
                   description="Twins with live state, commands, alarms and access. Authenticate with "
                               "`Authorization: Bearer mt_...` (an API key) or HTTP Basic (a user).")
     app.state.platform = platform
-    for module in (twins, accounts, commands, alarms, tasks, keys):
+    for module in (twins, accounts, commands, alarms, tasks, keys, energy):
         app.include_router(module.router)
 
     @app.exception_handler(Exception)
