@@ -11,8 +11,10 @@ Money is in whole fen, each figure rounded half-up once from the exact charge, a
 ledger posts it: a row's `fen` may differ from the sum of its band parts and surcharge,
 and a building's from the sum of its accounts', by under half a fen per part. A month
 still in progress (the history ends inside it) is reported up to the history's end and
-compared with the same part of last year's month; `until` says where the figures stop.
-Last year's figures are None when the history does not hold the whole of that span.
+compared with the same part of last year's month; `from` and `until` say where the
+figures start and stop (a history that begins inside the month starts them late).
+Last year's figures are None when the history does not hold the whole of that span, and
+so are the changes. Intervals missing inside the history (NaN) count as no use.
 """
 
 from __future__ import annotations
@@ -143,7 +145,8 @@ def energy_report(scenario: str | Path | Scenario, history_dir: str | os.PathLik
 
     Example row (by="account")::
 
-        {"month": "2026-01", "until": "2026-02-01T00:00+08:00", "last_year_month": "2025-01",
+        {"month": "2026-01", "from": "2026-01-01T00:00+08:00", "until": "2026-02-01T00:00+08:00",
+         "last_year_month": "2025-01",
          "account": "A-B01-01-01", "utility": "electric", "unit": "kWh", "tariff": "tou",
          "meters": 2, "units": 412.5, "fen": 30318, "peak_units": 301.2, "peak_fen": 27108,
          "valley_units": 111.3, "valley_fen": 3339, "surcharge_fen": 0,
@@ -186,7 +189,8 @@ def energy_report(scenario: str | Path | Scenario, history_dir: str | os.PathLik
         old = None if before is None else before.get((key, utility), _Sum())
         current = _figures(row, bands_of[utility])
         previous = _figures(old, bands_of[utility], "last_year_")
-        rows.append({"month": month, "until": _local(until, tz), "last_year_month": last_year, by: key,
+        rows.append({"month": month, "from": _local(max(start, first), tz), "until": _local(until, tz),
+                     "last_year_month": last_year, by: key,
                      "utility": utility, "unit": UNIT_OF_UTILITY[utility], "tariff": ",".join(sorted(row.tariffs)),
                      "meters": row.meters, **current, **previous,
                      "units_change_pct": change_pct(row.units, None if old is None else old.units),

@@ -21,6 +21,7 @@ from control.bill import month_bounds
 from control.cli import main
 from control.energy_report import NoReadings, energy_report, to_csv
 from control.runtime import Platform
+from tests.control.test_run_http import Running, make_key
 from twin.history import open_history
 from twin.ledger import round_half_up
 
@@ -127,7 +128,7 @@ def test_account_figures_match_the_readings_and_last_year(history):
     for row in rows:
         key = (row["account"], row["utility"])
         assert row["month"] == "2026-01" and row["last_year_month"] == "2025-01"
-        assert row["until"] == "2026-02-01T00:00+08:00"
+        assert row["from"] == "2026-01-01T00:00+08:00" and row["until"] == "2026-02-01T00:00+08:00"
         assert row["unit"] == {"electric": "kWh", "water": "m3"}[row["utility"]]
         assert row["meters"] == now[key]["meters"]
         check_figures(row, now[key])
@@ -170,7 +171,7 @@ def test_a_month_in_progress_is_compared_with_the_same_part_of_last_year(history
     now = expected(directory, "2026-02", "building", datetime(2026, 2, 5, tzinfo=TZ))
     before = expected(directory, "2025-02", "building", datetime(2025, 2, 5, tzinfo=TZ))
     for row in rows:
-        assert row["until"] == "2026-02-05T00:00+08:00"
+        assert row["from"] == "2026-02-01T00:00+08:00" and row["until"] == "2026-02-05T00:00+08:00"
         check_figures(row, now[(row["building"], row["utility"])])
         check_figures(row, before[(row["building"], row["utility"])], "last_year_")
 
@@ -244,3 +245,20 @@ async def _ask_over_http(platform: Platform, key: str, want: list[dict]) -> None
         assert grouping.status_code == 422
         anonymous = await client.get("/api/reports/energy", headers={"Authorization": ""})
         assert anonymous.status_code == 401
+
+
+def test_the_report_over_a_real_socket_while_the_platform_writes(history, tmp_path):
+    """`metertwin run` on a data directory whose history holds last year: a viewer's key
+    gets January 2026 beside January 2025 over real HTTP while the world appends rows."""
+    scenario, directory = history
+    data = tmp_path / "data"
+    shutil.copytree(directory, data / "history")
+    run = Running(scenario, data)
+    try:
+        key = make_key(data, "viewer")
+        got = run.get("/api/reports/energy?month=2026-01&by=building", key)
+        assert got.status_code == 200
+        assert got.json() == energy_report(str(scenario), str(directory), "2026-01", "building")
+        assert run.get("/api/reports/energy?month=2026-01").status_code == 401
+    finally:
+        assert run.stop() == 0
