@@ -783,6 +783,14 @@ class Collector:
 
     def _answered(self, state: _UnitState, blocks: list[list[int]], tally: _Tally) -> None:
         ts = self.clock()
+        tally.ok += 1
+        state.failures, state.skip_span = 0, 0
+        if state.online is not True:
+            if state.online is False:
+                log.info("%s (unit %d) answers again", state.unit.twin, state.unit.unit_id)
+            state.online = True
+            for name in state.twins():
+                self._emit(self.on_status, name, True, "answering")
         fields: dict[str, dict[str, float]] = {}
         for read, values in zip(state.reads, blocks, strict=True):
             for point in read.points:
@@ -798,14 +806,6 @@ class Collector:
                     self._emit(self.on_flag, twin, point.name, value, problem)
                     continue
                 fields.setdefault(twin, {})[point.field] = value
-        tally.ok += 1
-        state.failures, state.skip_span = 0, 0
-        if state.online is not True:
-            if state.online is False:
-                log.info("%s (unit %d) answers again", state.unit.twin, state.unit.unit_id)
-            state.online = True
-            for twin in state.twins():
-                self._emit(self.on_status, twin, True, "answering")
         for twin, values_by_field in fields.items():
             self._emit(self.on_reading, twin, values_by_field, ts)
 

@@ -49,7 +49,7 @@ class FakeUnit:
         for point in self.regmap.polled():  # a plausible value, different for each unit
             low = point.low if math.isfinite(point.low) else 0.0
             high = point.high if math.isfinite(point.high) else low + 1000.0
-            self.set(point.name, low + (high - low) * (0.05 + 0.01 * unit_id))
+            self.set(point.name, low + (high - low) * (0.05 + 0.01 * (unit_id % 50)))
 
     def unit(self) -> Unit:
         return Unit(self.unit_id, self.twin, self.model, self.valve)
@@ -401,6 +401,100 @@ def test_late_replies_never_hand_one_units_values_to_another():
     assert len({r["energy_kwh"] for u in units for r in record.readings[u.twin][:1]}) == 4
 
 
+class MemoryBus:
+    """An in-memory RTU bus (the NullModem-style seam): `open` is the collector's opener;
+    it answers reads from FakeUnits' tables a byte at a time and garbles the CRC of the
+    answers whose numbers are in `garble`."""
+
+    def __init__(self, units: list[FakeUnit], garble: set[int]) -> None:
+        self.units = {u.unit_id: u for u in units}
+        self.garble, self.answers, self.opened, self.closed = garble, 0, 0, 0
+
+    async def open(self, target: Target) -> Stream:
+        self.opened += 1
+        return MemoryStream(self)
+
+    def answer(self, frame: bytes) -> bytes:
+        from devices.modbus.collector import crc16
+
+        assert crc16(frame) == 0
+        unit, code, address, count = frame[0], frame[1], int.from_bytes(frame[2:4]), int.from_bytes(frame[4:6])
+        table = self.units[unit].tables[FC_TABLE[code]]
+        body = bytes([unit, code, 2 * count]) + b"".join(r.to_bytes(2) for r in table[address:address + count])
+        self.answers += 1
+        crc = crc16(body) ^ (0xFFFF if self.answers in self.garble else 0)
+        return body + crc.to_bytes(2, "little")
+
+
+class MemoryStream:
+    def __init__(self, bus: MemoryBus) -> None:
+        self.bus, self.incoming = bus, bytearray()
+
+    def write(self, data: bytes) -> None:
+        self.incoming += self.bus.answer(data)
+
+    async def drain(self) -> None:
+        pass
+
+    async def readexactly(self, n: int) -> bytes:
+        out = bytearray()
+        while len(out) < n:  # a byte at a time, as a slow UART delivers it
+            await asyncio.sleep(0)
+            if not self.incoming:
+                raise EOFError("nothing more on the bus")
+            out.append(self.incoming.pop(0))
+        return bytes(out)
+
+    def discard_input(self) -> None:
+        self.incoming.clear()
+
+    def close(self) -> None:
+        self.bus.closed += 1
+
+
+def test_the_stream_seam_runs_rtu_in_memory_and_a_bad_crc_is_retried():
+    """Through the `opener` seam, an in-memory bus dribbling answers byte by byte: every
+    unit is read; an answer with a bad CRC is refused, the link reopened and the request
+    retried; no value of the garbled answer reaches a twin."""
+    units = [FakeUnit(1, "metertwin-pm1", "em1"), FakeUnit(2, "metertwin-el1", "el2")]
+    bus, record = MemoryBus(units, garble={2}), Record()
+
+    async def scenario() -> list[CycleStats]:
+        collector = record.collector([Target(gateway("mem", units), serial="memory", baud=115200)],
+                                     opener=bus.open, backoff_s=0.0)
+        cycles = [await collector.poll_cycle(), await collector.poll_cycle()]
+        collector.close()
+        return cycles
+
+    cycles = asyncio.run(scenario())
+    assert [c.units_ok for c in cycles] == [2, 2] and [c.requests for c in cycles] == [3, 2]
+    assert (bus.opened, bus.closed) == (2, 2)
+    for unit in units:
+        assert all(same(r, unit.fields()) for r in record.readings[unit.twin]) and len(record.readings[unit.twin]) == 2
+
+
+def test_run_polls_every_period_until_stopped_and_closes_its_connections():
+    """`run` polls a cycle per period until `stop()`, finishes the cycle under way, and
+    closes its connections when it returns."""
+    units = [FakeUnit(1, "metertwin-pm1", "em1")]
+    bus = MemoryBus(units, garble=set())
+    readings: list[float] = []
+
+    async def scenario() -> None:
+        def on_reading(twin: str, fields: dict[str, float], ts: float) -> None:
+            readings.append(ts)
+            if len(readings) == 3:
+                collector.stop()
+
+        collector = Collector([Target(gateway("mem", units), serial="memory", baud=115200)], on_reading,
+                              lambda *a: None, lambda *a: None, opener=bus.open)
+        await asyncio.wait_for(collector.run(every_s=0.02), 10)
+
+    asyncio.run(scenario())
+    assert len(readings) == 3 and readings == sorted(readings)
+    assert bus.opened == bus.closed == 1
+
+
 # -- RTU over a pty pair, and TLS --------------------------------------------------------
 
 
@@ -430,7 +524,8 @@ def pty_pair(tmp_path: Path):
 def test_rtu_bus_reads_units_and_rests_a_dead_one(pty_pair):
     """Over RTU (a pymodbus serial server on a pty pair) every unit is read with its own
     values; a dead unit goes offline and then rests 1, 2, 4 ... cycles, costing one short
-    timeout each time it is tried, and comes back when it answers again."""
+    timeout each time it is tried, and comes back when it answers again; a write during a
+    cycle waits its turn on the bus (one request at a time) and is confirmed."""
     server_end, collector_end = pty_pair
     units = [FakeUnit(1, "metertwin-pm1", "em1"), FakeUnit(2, "metertwin-wm1", "wm2", valve="vl2"),
              FakeUnit(3, "sdm630", "mm3"), FakeUnit(4, "metertwin-pm1", "em4")]
@@ -449,8 +544,8 @@ def test_rtu_bus_reads_units_and_rests_a_dead_one(pty_pair):
             units[3].dead = False
             for _ in range(8):
                 cycles.append(await collector.poll_cycle())
-            outcome = await collector.write("em1", "relay_closed", 0)
-            assert outcome.confirmed, outcome
+            stats, outcome = await asyncio.gather(collector.poll_cycle(), collector.write("em1", "relay_closed", 0))
+            assert outcome.confirmed and stats.units_ok == 4 and stats.timeouts == 0, (outcome, stats)
             collector.close()
         finally:
             await server.shutdown()
@@ -462,51 +557,42 @@ def test_rtu_bus_reads_units_and_rests_a_dead_one(pty_pair):
     assert all(c.units_ok == 3 for c in cycles[:8])
     assert cycles[-1].units_ok == 4 and record.readings["em4"]
     for unit in units[:3]:
-        assert len(record.readings[unit.twin]) == 16
-        assert all(same(r, unit.fields()) for r in record.readings[unit.twin]), unit.twin
+        assert len(record.readings[unit.twin]) == 17
+        assert all(same(r, unit.fields()) for r in record.readings[unit.twin][:16]), unit.twin
     assert record.readings["vl2"][0] == units[1].fields("valve")
     assert [online for twin, online, _ in record.statuses if twin == "em4"] == [False, True]
 
 
-def make_certificate(directory: Path) -> tuple[Path, Path]:
-    """A self-signed certificate for 127.0.0.1 and its key, made with openssl."""
-    openssl = require_program("openssl", "openssl")
-    cert, key = directory / "gw.pem", directory / "gw.key"
-    subprocess.run([openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
-                    "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(cert)], check=True, capture_output=True)
-    return cert, key
+def test_tls_gateway_is_read_and_strangers_are_refused(tmp_path: Path):
+    """Over Modbus/TCP Security (mutual TLS, certificates from devices.modbus.certs) the
+    collector reads a gateway whose CA it trusts, presenting its client certificate; a
+    collector trusting another CA reports the gateway unreachable, and one without a
+    client certificate gets no values either."""
+    require_program("openssl", "openssl")
+    from devices.modbus.certs import client_context, ensure_certs, server_context
 
-
-def test_tls_gateway_is_read_and_an_untrusted_one_refused(tmp_path: Path):
-    """Over Modbus/TCP Security the collector reads a gateway whose certificate it trusts,
-    and reports a gateway with an untrusted certificate as unreachable."""
-    cert, key = make_certificate(tmp_path)
-    (tmp_path / "other").mkdir()
-    other, _ = make_certificate(tmp_path / "other")
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(cert, key)
-    trusting = ssl.create_default_context(cafile=str(cert))
-    distrusting = ssl.create_default_context(cafile=str(other))
     units = [FakeUnit(1, "metertwin-pm1", "em1"), FakeUnit(2, "sdm630", "mm2")]
+    site_ca = ensure_certs(tmp_path / "site").ca
+    contexts = {"trusted": client_context(tmp_path / "site"), "other CA": client_context(tmp_path / "other"),
+                "no client certificate": ssl.create_default_context(cafile=str(site_ca))}
     record = Record()
     stats = {}
 
     async def scenario() -> None:
         port = free_tcp_port()
-        async with tcp_server(units, port, tls=server_context):
-            good = record.collector([Target(gateway("gw-tls", units), host="127.0.0.1", port=port, tls=trusting)])
-            stats["good"] = await good.poll_cycle()
-            good.close()
-            bad = Record().collector([Target(gateway("gw-tls", units), host="127.0.0.1", port=port, tls=distrusting)],
-                                     offline_after=1)
-            stats["bad"] = await bad.poll_cycle()
-            bad.close()
+        async with tcp_server(units, port, tls=server_context(tmp_path / "site")):
+            for name, context in contexts.items():
+                collector = (record if name == "trusted" else Record()).collector(
+                    [Target(gateway("gw-tls", units), host="127.0.0.1", port=port, tls=context)],
+                    offline_after=1, timeout_s=0.5, backoff_s=0.01)
+                stats[name] = await collector.poll_cycle()
+                collector.close()
 
     asyncio.run(scenario())
-    assert stats["good"].units_ok == 2
+    assert stats["trusted"].units_ok == 2
     assert all(same(record.readings[u.twin][0], u.fields()) for u in units)
-    assert stats["bad"].units_failed == 2 and stats["bad"].requests == 0
+    assert stats["other CA"].units_failed == 2 and stats["other CA"].requests == 0
+    assert stats["no client certificate"].units_ok == 0
 
 
 def test_targets_are_checked():
@@ -518,3 +604,71 @@ def test_targets_are_checked():
         Target(gw, serial="/dev/ttyUSB0", tls=ssl.create_default_context())
     with pytest.raises(ValueError, match="served twice"):
         Record().collector([Target(gw, host="a"), Target(gw, host="b")])
+
+
+# -- against the emulator ----------------------------------------------------------------
+
+
+def test_the_collector_reads_the_emulated_site_and_survives_its_faults(scenario_factory):
+    """Against the emulator serving a live world (a building's gateway): a cycle reports
+    every twin's fields as the world holds them, to each register's resolution; a unit
+    told not to answer goes offline after `offline_after` cycles while the rest are read;
+    a garbage unit's values are all flagged and none passed on; both come back when the
+    faults clear; a relay trip is confirmed by read-back and reaches the world."""
+    from datetime import datetime
+
+    from devices.modbus.emulator import Emulator, Fault, WorldSource
+    from devices.modbus.layout import layout
+    from devices.sim.world import World
+    from scenarios.schema import Residents
+
+    scenario = scenario_factory(residents=Residents(opening_yuan=(80.0, 120.0), topup_below_yuan=(0.0, 0.0),
+                                                    billing="meter"), buildings=1, floors=2, rooms=2)
+    world = World(scenario, seed=3, start=datetime(2026, 1, 5, 18, 0), days=2, live=True)
+    world.begin(lambda day: None)
+    source = WorldSource(world)
+    source.advance_to(3600.0)
+    gateways = layout(scenario.site)
+    emulator = Emulator(gateways, source, base_port=0)
+    units = {u.twin: u for g in gateways for u in g.units}
+    dead, noisy, relay = [t for t, u in units.items() if u.model == "metertwin-pm1"][:3]
+    record = Record()
+    cycles: list[CycleStats] = []
+    outcome = {}
+
+    async def scenario_run() -> None:
+        targets = [Target(g, host="127.0.0.1", port=emulator.ports[g.name]) for g in gateways]
+        collector = record.collector(targets, timeout_s=0.3, retries=1, offline_after=2, backoff_s=0.01)
+        cycles.append(await collector.poll_cycle())
+        emulator.set_fault(dead, Fault("no_answer"))
+        emulator.set_fault(noisy, Fault("garbage"))
+        for _ in range(3):
+            cycles.append(await collector.poll_cycle())
+        emulator.set_fault(dead, None)
+        emulator.set_fault(noisy, None)
+        cycles.append(await collector.poll_cycle())
+        outcome["trip"] = await collector.write(relay, "relay_closed", 0)
+        collector.close()
+
+    with emulator.in_thread():
+        asyncio.run(scenario_run())
+    everyone = len(units)
+    assert cycles[0].units_ok == everyone and cycles[0].flags == 0 and cycles[-1].units_ok == everyone
+    assert [c.units_failed for c in cycles[1:4]] == [1, 1, 1]
+    for twin, unit in units.items():
+        regmap = load_map(unit.model)
+        for side, name in (("self", twin), ("valve", unit.valve)):
+            if name is None:
+                continue
+            reported = world.state.twin(name).reported
+            first = record.readings[name][0]
+            for point in regmap.polled():
+                if point.twin == side:
+                    assert first[point.field] == pytest.approx(reported[point.field], abs=abs(point.scale),
+                                                               rel=1e-6), (name, point.name)
+    assert [online for t, online, _ in record.statuses if t == dead] == [True, False, True]
+    assert len(record.readings[dead]) == 2  # the first cycle and the last
+    noisy_fields = {p.name for p in load_map("metertwin-pm1").polled()}
+    assert {p for t, p, _, _ in record.flags if t == noisy} == noisy_fields
+    assert len(record.readings[noisy]) == 2  # every field flagged in the three faulty cycles: nothing passed on
+    assert outcome["trip"].confirmed and world.state.twin(relay).reported["relay_closed"] == 0
