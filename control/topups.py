@@ -37,9 +37,10 @@ class TopUpBatcher:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        """Finish what is queued, then stop."""
-        while not self.queue.empty():
-            await asyncio.sleep(0.01)
+        """Finish what is queued, the batch being committed included (every caller hears
+        its result), then stop."""
+        if self._task is not None and not self._task.done():
+            await self.queue.join()  # not just an empty queue: the last batch may still be committing
         if self._task is not None:
             self._task.cancel()
             try:
@@ -65,13 +66,17 @@ class TopUpBatcher:
                 for *_, future in batch:
                     if not future.done():
                         future.set_exception(err)
-                continue
-            self.batches += 1
-            for (*_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, LedgerError):
-                    future.set_exception(result)
-                else:
-                    self.committed += 1
-                    future.set_result(result)
+            else:
+                self.batches += 1
+                for (*_, future), result in zip(batch, results, strict=True):
+                    if isinstance(result, TopUp):
+                        self.committed += 1
+                    if future.done():  # the caller went away; the top-up stands, a retry replays it
+                        continue
+                    if isinstance(result, LedgerError):
+                        future.set_exception(result)
+                    else:
+                        future.set_result(result)
+            finally:
+                for _ in batch:
+                    self.queue.task_done()
