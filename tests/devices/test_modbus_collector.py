@@ -201,7 +201,7 @@ def test_a_dead_unit_goes_offline_and_costs_only_its_own_requests():
         port = free_tcp_port()
         async with tcp_server(units, port):
             collector = record.collector([Target(gateway("gw", units), host="127.0.0.1", port=port)],
-                                         connections_per_gateway=2, timeout_s=0.15, retries=1, offline_after=3,
+                                         connections_per_gateway=2, timeout_s=0.3, retries=1, offline_after=3,
                                          backoff_s=0.01)
             for _ in range(5):
                 cycles.append(await collector.poll_cycle())
@@ -346,7 +346,7 @@ def test_writes_are_confirmed_by_reading_back_the_feeding_point():
         port = free_tcp_port()
         async with tcp_server(units, port):
             collector = Record().collector([Target(gateway("gw", units), host="127.0.0.1", port=port)],
-                                           timeout_s=0.1, retries=0)
+                                           timeout_s=0.5, retries=0)
             outcomes["trip"] = await collector.write("em", "relay_closed", 0)
             outcomes["close"] = await collector.write("vl", "open", 0)
             outcomes["stubborn"] = await collector.write("em3", "relay_closed", 0, settle_s=0.2, recheck_s=0.05)
@@ -538,7 +538,7 @@ def test_rtu_bus_reads_units_and_rests_a_dead_one(pty_pair):
         await server.serve_forever(background=True)
         try:
             collector = record.collector([Target(gateway("bus", units), serial=collector_end, baud=19200)],
-                                         retries=0, offline_after=2, serial_turnaround_s=0.15)
+                                         retries=0, offline_after=2, serial_turnaround_s=0.3)
             for _ in range(8):
                 cycles.append(await collector.poll_cycle())
             units[3].dead = False
@@ -638,7 +638,7 @@ def test_the_collector_reads_the_emulated_site_and_survives_its_faults(scenario_
 
     async def scenario_run() -> None:
         targets = [Target(g, host="127.0.0.1", port=emulator.ports[g.name]) for g in gateways]
-        collector = record.collector(targets, timeout_s=0.3, retries=1, offline_after=2, backoff_s=0.01)
+        collector = record.collector(targets, timeout_s=0.5, retries=1, offline_after=2, backoff_s=0.01)
         cycles.append(await collector.poll_cycle())
         emulator.set_fault(dead, Fault("no_answer"))
         emulator.set_fault(noisy, Fault("garbage"))
