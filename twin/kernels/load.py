@@ -1,0 +1,705 @@
+"""Load analytics over the interval matrix: totals by local day, week, month and year, the
+split by time-of-use band, peak demand and its time, load factor, the typical day per
+meter and per building, the month against the same month last year, and each master
+meter's energy balance by day.
+
+Input is energy (kWh, or m3 for water) per twin per interval, float32 [twins, intervals],
+NaN for missing, at any interval a history holds (60 s to 86400 s). A `Calendar`, built
+once in Python with zoneinfo, cuts the intervals into site-local days (contiguous runs) and
+gives each interval its slot of the day; the kernels then take only int arrays. Only three
+kernels read the whole matrix, each once: `day_stats` (totals, missing counts, peaks),
+`band_day_totals` and `profile_means`. Everything else rolls up their [twins, days]
+results, which are about 100 times smaller.
+
+Rules that hold at every resolution:
+- An interval belongs to the local day (and ISO week from Monday, month, year) holding its
+  start, as billing and tariffs take it. A daily reading (interval_s = 86400, starting at
+  UTC midnight as the history format puts it) belongs to the local date holding its
+  midpoint, which for zones within 12 hours of UTC is its UTC date: for Asia/Shanghai it
+  covers 08:00 to 08:00 of that date and the next.
+- Totals count a missing reading as 0; each total comes with the number of missing
+  readings in its period and the number of intervals the window holds of it (`intervals`)
+  and the full period would hold (`expected`: 92 or 100 on a DST day), so a caller can tell
+  a short total from a low one.
+- Peak demand is the largest interval energy divided by the interval in hours (kW, or
+  m3/h), with the UTC start of that interval (the first one, on ties). Load factor is the
+  mean over intervals with a reading divided by the peak. A period with no reading has
+  NaN peak, load factor and peak time -1.
+
+What the outputs mean at coarse resolution:
+- Hourly: peaks are hourly mean demand (lower than 15-minute peaks); a band whose window
+  starts on the half hour takes the whole hour of the band in force at its start, as the
+  bill does.
+- Daily: a day's peak is that day's mean power and its time the reading's start, so a
+  day's load factor is 1; only peaks and load factors over weeks, months and years (the
+  highest day) say something. The band split puts the whole day in the band in force at
+  the reading's start: meaningless, do not use it. The typical profile has one slot: the
+  mean day on weekdays and on weekends.
+
+Example::
+
+    h = open_history("out/demo")
+    matrix = h.read(h.start, h.end)
+    cal = local_calendar(h.start, matrix.shape[1], h.interval_s, h.topology.timezone)
+    days = day_summary(matrix, cal)                       # one pass over the matrix
+    months = period_summary(days, cal, "month")          # totals, missing, peaks, load factor
+    balance = energy_balance(days, h.topology)            # loss by master meter and day
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as clock
+from typing import Literal
+from zoneinfo import ZoneInfo
+
+import numpy as np
+from numba import njit, prange
+
+from twin.history import History, Topology
+
+MAX_BANDS = 8
+DAILY = 86400
+_FAST = {"nsz", "arcp", "contract", "reassoc"}  # reassociate sums; keep NaN and inf semantics
+_ABS = np.int32(0x7FFFFFFF)  # float32 bits without the sign
+_INF_BITS = np.int32(0x7F800000)  # above this (sign off): NaN
+_LOWEST = np.int32(-(2**31))  # the sort key NaN gets: below every number
+Period = Literal["day", "week", "month", "year"]
+PERIODS: tuple[Period, ...] = ("day", "week", "month", "year")
+
+
+# -- the calendar ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Periods:
+    """Site-local periods of one kind (weeks, say) over a calendar's days. Example: two
+    ISO weeks over 10 days: ``Periods("week", ["2026-W01", "2026-W02"], array([0, 3, 10]),
+    array([288, 672]), array([672, 672]))``."""
+
+    kind: str  #: day, week, month or year
+    labels: list[str]  #: "2026-01-05", "2026-W02", "2026-01", "2026"
+    day_bounds: np.ndarray  #: int64 [periods + 1]: period p is days day_bounds[p]:day_bounds[p + 1]
+    intervals: np.ndarray  #: int64 [periods]: intervals of the period inside the window
+    expected: np.ndarray  #: int64 [periods]: intervals of the whole period (DST days counted as they are)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def covered(self) -> np.ndarray:
+        """bool [periods]: the window holds the whole period."""
+        return self.intervals == self.expected
+
+
+@dataclass(frozen=True, slots=True)
+class Calendar:
+    """The site-local calendar of a run of intervals; build it with `local_calendar`."""
+
+    start_utc: int  #: UTC epoch seconds of the first interval's start
+    interval_s: int  #: seconds per interval
+    timezone: str  #: IANA zone of the site
+    n_intervals: int  #: intervals in the window
+    days: list[date]  #: local date of each day, in order
+    day_bounds: np.ndarray  #: int64 [days + 1]: day d is intervals day_bounds[d]:day_bounds[d + 1]
+    n_slots: int  #: slots in a day: 86400 / interval_s
+    slot: np.ndarray  #: int64 [intervals]: local wall-clock time of the start // interval (0 when daily)
+    day_slot0: np.ndarray  #: int64 [days]: slot of a day's first interval
+    day_regular: np.ndarray  #: bool [days]: slots run day_slot0, day_slot0 + 1, ... (no DST jump)
+    weekend: np.ndarray  #: bool [days]: Saturday or Sunday
+    periods: dict[str, Periods]  #: by kind: day, week, month, year
+
+    @property
+    def interval_h(self) -> float:
+        """Hours per interval: divides an interval's energy into mean power."""
+        return self.interval_s / 3600.0
+
+    def utc_of(self, interval: np.ndarray) -> np.ndarray:
+        """UTC start of intervals given by index; -1 stays -1."""
+        index = np.asarray(interval, dtype=np.int64)
+        return np.where(index >= 0, self.start_utc + index * self.interval_s, -1)
+
+
+def _midnight_utc(day: date, tz: ZoneInfo) -> int:
+    return int(datetime.combine(day, clock(), tzinfo=tz).timestamp())
+
+
+def _period_key(day: date, kind: str) -> tuple[int, int]:
+    if kind == "week":
+        iso = day.isocalendar()
+        return iso.year, iso.week
+    if kind == "month":
+        return day.year, day.month
+    return day.year, 0
+
+
+def _period_span(key: tuple[int, int], kind: str) -> tuple[date, date]:
+    """First local date of a period and the first date after it."""
+    if kind == "week":
+        first = date.fromisocalendar(key[0], key[1], 1)
+        return first, first + timedelta(days=7)
+    if kind == "month":
+        first = date(key[0], key[1], 1)
+        return first, date(key[0] + key[1] // 12, key[1] % 12 + 1, 1)
+    return date(key[0], 1, 1), date(key[0] + 1, 1, 1)
+
+
+def _period_label(key: tuple[int, int], kind: str) -> str:
+    if kind == "week":
+        return f"{key[0]}-W{key[1]:02d}"
+    if kind == "month":
+        return f"{key[0]}-{key[1]:02d}"
+    return f"{key[0]}"
+
+
+def local_calendar(start_utc: int, n_intervals: int, interval_s: int, timezone: str) -> Calendar:
+    """The site-local days, slots and periods of `n_intervals` intervals from `start_utc`;
+    costs a few zoneinfo calls per day, not per interval."""
+    if interval_s <= 0 or DAILY % interval_s:
+        raise ValueError(f"interval_s {interval_s} must divide a day (86400 s)")
+    if n_intervals < 0:
+        raise ValueError(f"n_intervals {n_intervals} must be >= 0")
+    tz = ZoneInfo(timezone)
+    starts = start_utc + np.arange(n_intervals, dtype=np.int64) * interval_s
+    anchor = starts + (DAILY // 2 if interval_s == DAILY else 0)
+    slot_minutes = interval_s // 60 if interval_s < DAILY else 1440
+    slot = np.zeros(n_intervals, dtype=np.int64)
+    days: list[date] = []
+    bounds = [0]
+    expected: list[int] = []
+    t = 0
+    while t < n_intervals:
+        day = datetime.fromtimestamp(int(anchor[t]), tz=tz).date()
+        m0, m1 = _midnight_utc(day, tz), _midnight_utc(day + timedelta(days=1), tz)
+        b = int(np.searchsorted(anchor, m1, side="left"))
+        b = max(b, t + 1)
+        if interval_s < DAILY:
+            offset0 = datetime.fromtimestamp(m0, tz=tz).utcoffset()
+            offset1 = datetime.fromtimestamp(m1 - 1, tz=tz).utcoffset()
+            if offset0 == offset1:  # no DST change inside the day: wall clock = elapsed time
+                minutes = (starts[t:b] - m0) // 60
+            else:
+                minutes = np.array([(lambda w: w.hour * 60 + w.minute)(datetime.fromtimestamp(int(s), tz=tz))
+                                    for s in starts[t:b]], dtype=np.int64)
+            slot[t:b] = np.clip(minutes // slot_minutes, 0, DAILY // interval_s - 1)
+            expected.append(max(1, round((m1 - m0) / interval_s)))
+        else:
+            expected.append(1)
+        days.append(day)
+        bounds.append(b)
+        t = b
+    day_bounds = np.array(bounds, dtype=np.int64)
+    n_days = len(days)
+    first = day_bounds[:-1]
+    day_slot0 = slot[first] if n_days else np.zeros(0, dtype=np.int64)
+    day_regular = np.ones(n_days, dtype=np.bool_)
+    for d in range(n_days):
+        run = slot[day_bounds[d]:day_bounds[d + 1]]
+        day_regular[d] = bool(np.all(run == run[0] + np.arange(run.shape[0])))
+    weekend = np.array([d.weekday() >= 5 for d in days], dtype=np.bool_)
+    counts = np.diff(day_bounds)
+    periods = {"day": Periods("day", [d.isoformat() for d in days], np.arange(n_days + 1, dtype=np.int64),
+                              counts.copy(), np.array(expected, dtype=np.int64))}
+    for kind in ("week", "month", "year"):
+        keys = [_period_key(d, kind) for d in days]
+        cuts = [0] + [i for i in range(1, n_days) if keys[i] != keys[i - 1]] + [n_days] if n_days else [0]
+        labels, full = [], []
+        for p in range(len(cuts) - 1):
+            key = keys[cuts[p]]
+            labels.append(_period_label(key, kind))
+            first_day, after = _period_span(key, kind)
+            if interval_s < DAILY:
+                full.append(round((_midnight_utc(after, tz) - _midnight_utc(first_day, tz)) / interval_s))
+            else:
+                full.append((after - first_day).days)
+        day_cuts = np.array(cuts, dtype=np.int64)
+        periods[kind] = Periods(kind, labels, day_cuts, np.add.reduceat(counts, day_cuts[:-1]) if n_days else
+                                np.zeros(0, dtype=np.int64), np.array(full, dtype=np.int64))
+    return Calendar(start_utc, interval_s, timezone, n_intervals, days, day_bounds,
+                    DAILY // interval_s if interval_s < DAILY else 1, slot, day_slot0, day_regular, weekend,
+                    periods)
+
+
+def calendar_of_history(history: History, start_utc: int, end_utc: int) -> Calendar:
+    """The calendar of `history.read(start_utc, end_utc)`."""
+    return local_calendar(start_utc, (end_utc - start_utc) // history.interval_s, history.interval_s,
+                          history.topology.timezone)
+
+
+# -- kernels over the whole matrix ----------------------------------------------------------
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
+def day_stats(
+    matrix: np.ndarray,  # float32 [twins, intervals], NaN missing
+    bits: np.ndarray,  # int32 [twins, intervals]: the same memory (matrix.view(np.int32))
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    totals: np.ndarray,  # float64 [twins, days] out: sum, missing as 0
+    missing: np.ndarray,  # int32 [twins, days] out: NaN readings
+    peak: np.ndarray,  # float32 [twins, days] out: largest reading, NaN when none
+    peak_at: np.ndarray,  # int64 [twins, days] out: interval index of the first largest, -1 when none
+) -> None:
+    """Per twin and local day in one pass: total, missing count, peak reading and where.
+
+    The peak is found on the float's bits turned into an int that sorts as the float does
+    (NaN lowest): integer max and min vectorise where a float max that must skip NaN does
+    not, and each day's loops run over a slice already in cache."""
+    n_days = day_bounds.shape[0] - 1
+    for m in prange(matrix.shape[0]):
+        row = matrix[m]
+        row_bits = bits[m]
+        for d in range(n_days):
+            a = day_bounds[d]
+            b = day_bounds[d + 1]
+            seg = row[a:b]
+            seg_bits = row_bits[a:b]
+            n = np.int32(b - a)
+            total = 0.0
+            for i in range(n):
+                e = seg[i]
+                total += np.float64(e) if e == e else 0.0
+            top = _LOWEST
+            gaps = np.int32(0)
+            for i in range(n):
+                x = seg_bits[i]
+                nan = (x & _ABS) > _INF_BITS
+                gaps += np.int32(1) if nan else np.int32(0)
+                top = max(top, _LOWEST if nan else x ^ ((x >> 31) & _ABS))
+            at = n
+            for i in range(n):  # the first interval holding the peak: an integer min, vectorised
+                x = seg_bits[i]
+                at = min(at, np.int32(i) if x ^ ((x >> 31) & _ABS) == top else n)
+            totals[m, d] = total
+            missing[m, d] = gaps
+            if gaps == n:
+                peak[m, d] = np.nan
+                peak_at[m, d] = -1
+            else:
+                peak[m, d] = seg[at]
+                peak_at[m, d] = a + at
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
+def band_day_totals(
+    matrix: np.ndarray,  # float32 [twins, intervals]
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    band: np.ndarray,  # int8 [tariffs, intervals] band in force (twin.tariffs.PriceTables.band)
+    tariff_of: np.ndarray,  # int64 [twins] row of `band` for each twin
+    n_bands: int,
+    out: np.ndarray,  # float64 [twins, days, n_bands] out: energy per band, missing as 0
+) -> None:
+    """Per twin, local day and time-of-use band: the energy measured in that band."""
+    n_days = day_bounds.shape[0] - 1
+    for m in prange(matrix.shape[0]):
+        row = matrix[m]
+        bands_of = band[tariff_of[m]]
+        for d in range(n_days):
+            a = day_bounds[d]
+            b = day_bounds[d + 1]
+            seg = row[a:b]
+            bands = bands_of[a:b]
+            if n_bands <= 4:  # 尖峰平谷: one fused pass
+                u0 = u1 = u2 = u3 = 0.0
+                for i in range(seg.shape[0]):
+                    e = seg[i]
+                    x = np.float64(e) if e == e else 0.0
+                    bi = bands[i]
+                    u0 += x if bi == 0 else 0.0
+                    u1 += x if bi == 1 else 0.0
+                    u2 += x if bi == 2 else 0.0
+                    u3 += x if bi == 3 else 0.0
+                out[m, d, 0] = u0
+                if n_bands > 1:
+                    out[m, d, 1] = u1
+                if n_bands > 2:
+                    out[m, d, 2] = u2
+                if n_bands > 3:
+                    out[m, d, 3] = u3
+            else:
+                for bb in range(n_bands):  # one pass per band over a day held in cache
+                    u = 0.0
+                    for i in range(seg.shape[0]):
+                        e = seg[i]
+                        u += np.float64(e) if (e == e and bands[i] == bb) else 0.0
+                    out[m, d, bb] = u
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
+def profile_means(
+    matrix: np.ndarray,  # float32 [twins, intervals]
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    day_cell0: np.ndarray,  # int64 [days]: cell of the day's first interval (weekend * n_slots + slot)
+    day_regular: np.ndarray,  # bool [days]: cells run day_cell0, day_cell0 + 1, ...
+    cell: np.ndarray,  # int64 [intervals]: weekend * n_slots + slot, for irregular days
+    n_cells: int,  # 2 * n_slots
+    out: np.ndarray,  # float32 [twins, n_cells] out: mean reading per cell, NaN when none
+) -> None:
+    """Per twin: the mean reading at each slot of the local day, weekdays in cells
+    0..n_slots-1 and weekends in n_slots..2*n_slots-1."""
+    n_days = day_bounds.shape[0] - 1
+    for m in prange(matrix.shape[0]):
+        row = matrix[m]
+        sums = np.zeros(n_cells)
+        counts = np.zeros(n_cells)
+        for d in range(n_days):
+            a = day_bounds[d]
+            b = day_bounds[d + 1]
+            if day_regular[d]:
+                c0 = day_cell0[d]
+                seg = row[a:b]
+                s = sums[c0:c0 + (b - a)]
+                k = counts[c0:c0 + (b - a)]
+                for i in range(seg.shape[0]):
+                    e = seg[i]
+                    ok = e == e
+                    s[i] += np.float64(e) if ok else 0.0
+                    k[i] += 1.0 if ok else 0.0
+            else:  # a DST day: walk its cells one by one
+                for t in range(a, b):
+                    e = row[t]
+                    if e == e:
+                        sums[cell[t]] += e
+                        counts[cell[t]] += 1.0
+        for c in range(n_cells):
+            out[m, c] = sums[c] / counts[c] if counts[c] > 0 else np.nan
+
+
+# -- kernels over [twins, days] results -----------------------------------------------------
+
+
+@njit(cache=True, nogil=True)
+def rollup_peaks(
+    peak: np.ndarray,  # float32 [twins, days]
+    peak_at: np.ndarray,  # int64 [twins, days]
+    day_bounds: np.ndarray,  # int64 [periods + 1]: days of each period
+    out_peak: np.ndarray,  # float32 [twins, periods] out
+    out_at: np.ndarray,  # int64 [twins, periods] out: -1 when no reading
+) -> None:
+    """The largest daily peak of each period and its interval (the first on ties)."""
+    for m in range(peak.shape[0]):
+        for p in range(day_bounds.shape[0] - 1):
+            top = np.float32(np.nan)
+            at = -1
+            for d in range(day_bounds[p], day_bounds[p + 1]):
+                v = peak[m, d]
+                if v == v and (at < 0 or v > top):
+                    top = v
+                    at = peak_at[m, d]
+            out_peak[m, p] = top
+            out_at[m, p] = at
+
+
+@njit(cache=True, nogil=True)
+def group_sum(
+    values: np.ndarray,  # float64 or float32 [twins, k]
+    group: np.ndarray,  # int64 [twins]: group of each twin, -1 for none
+    out: np.ndarray,  # float64 [groups, k] out: sum of the group's values, NaN skipped
+    counts: np.ndarray,  # int64 [groups, k] out: twins that gave a value
+) -> None:
+    """Sum rows of `values` into their groups, skipping NaN."""
+    out[:] = 0.0
+    counts[:] = 0
+    for m in range(values.shape[0]):
+        g = group[m]
+        if g < 0:
+            continue
+        for j in range(values.shape[1]):
+            v = values[m, j]
+            if v == v:
+                out[g, j] += v
+                counts[g, j] += 1
+
+
+# -- the Python API -------------------------------------------------------------------------
+
+
+def _matrix(matrix: np.ndarray, calendar: Calendar) -> np.ndarray:
+    if matrix.ndim != 2 or matrix.shape[1] != calendar.n_intervals:
+        raise ValueError(f"matrix shape {matrix.shape} does not match the calendar's {calendar.n_intervals} "
+                         "intervals: give [twins, intervals] (History.read's view)")
+    return np.ascontiguousarray(matrix, dtype=np.float32)
+
+
+@dataclass(frozen=True, slots=True)
+class PeriodSummary:
+    """Totals and peaks per twin and period; the derived figures are computed when read.
+    Power is kW for electric twins, m3/h for water."""
+
+    periods: Periods  #: the periods (labels, intervals, expected)
+    start_utc: int  #: UTC start of interval 0
+    interval_s: int  #: seconds per interval
+    totals: np.ndarray  #: float64 [twins, periods]: energy, missing counted as 0
+    missing: np.ndarray  #: int32 or int64 [twins, periods]: missing readings
+    peak_kwh: np.ndarray  #: float32 [twins, periods]: largest interval reading, NaN when none
+    peak_at: np.ndarray  #: int64 [twins, periods]: interval index of the peak (the first), -1 when none
+
+    @property
+    def peak_kw(self) -> np.ndarray:
+        """float64 [twins, periods]: peak demand, the peak reading over the interval in hours."""
+        return self.peak_kwh.astype(np.float64) * (3600.0 / self.interval_s)
+
+    @property
+    def peak_utc(self) -> np.ndarray:
+        """int64 [twins, periods]: UTC start of the peak interval, -1 when none."""
+        return np.where(self.peak_at >= 0, self.start_utc + self.peak_at * self.interval_s, -1)
+
+    @property
+    def present(self) -> np.ndarray:
+        """int64 [twins, periods]: readings the window holds (intervals less missing)."""
+        return self.periods.intervals[None, :] - self.missing
+
+    @property
+    def load_factor(self) -> np.ndarray:
+        """float64 [twins, periods]: mean reading (over present ones) / peak reading; NaN
+        when the period has no reading or its peak is not above 0."""
+        present = self.present
+        with np.errstate(invalid="ignore", divide="ignore"):
+            mean = self.totals / present
+            return np.where((present > 0) & (self.peak_kwh > 0), mean / self.peak_kwh, np.nan)
+
+
+def day_summary(matrix: np.ndarray, calendar: Calendar) -> PeriodSummary:
+    """Totals, missing counts and peaks per twin and local day: one pass over the matrix."""
+    energy = _matrix(matrix, calendar)
+    n, n_days = energy.shape[0], len(calendar.days)
+    totals = np.empty((n, n_days))
+    missing = np.empty((n, n_days), dtype=np.int32)
+    peak = np.empty((n, n_days), dtype=np.float32)
+    peak_at = np.empty((n, n_days), dtype=np.int64)
+    day_stats(energy, energy.view(np.int32), calendar.day_bounds, totals, missing, peak, peak_at)
+    return PeriodSummary(calendar.periods["day"], calendar.start_utc, calendar.interval_s, totals, missing, peak,
+                         peak_at)
+
+
+def period_summary(days: PeriodSummary, calendar: Calendar, kind: Period) -> PeriodSummary:
+    """Roll a `day_summary` up to local ISO weeks (Monday first), months or years."""
+    if kind not in PERIODS:
+        raise ValueError(f"period {kind!r} is not one of {', '.join(PERIODS)}")
+    if days.periods.kind != "day":
+        raise ValueError("period_summary rolls up a day_summary")
+    if kind == "day":
+        return days
+    periods = calendar.periods[kind]
+    n = days.totals.shape[0]
+    starts = periods.day_bounds[:-1]
+    if len(periods) == 0:
+        totals, missing = np.zeros((n, 0)), np.zeros((n, 0), dtype=np.int64)
+    else:
+        totals = np.add.reduceat(days.totals, starts, axis=1)
+        missing = np.add.reduceat(days.missing.astype(np.int64), starts, axis=1)
+    peak = np.empty((n, len(periods)), dtype=np.float32)
+    peak_at = np.empty((n, len(periods)), dtype=np.int64)
+    rollup_peaks(days.peak_kwh, days.peak_at, periods.day_bounds, peak, peak_at)
+    return PeriodSummary(periods, days.start_utc, days.interval_s, totals, missing, peak, peak_at)
+
+
+def daily_totals(matrix: np.ndarray, start_utc: int, interval_s: int, timezone: str) -> PeriodSummary:
+    """`day_summary` with the calendar built here: for one-off calls."""
+    return day_summary(matrix, local_calendar(start_utc, matrix.shape[1], interval_s, timezone))
+
+
+@dataclass(frozen=True, slots=True)
+class BandTotals:
+    """Energy per twin, period and time-of-use band."""
+
+    periods: Periods  #: the periods
+    band_names: list[str]  #: band index -> name ("band0".. when not given)
+    kwh: np.ndarray  #: float64 [twins, periods, bands]: missing counted as 0
+
+
+def band_totals(matrix: np.ndarray, calendar: Calendar, band: np.ndarray, tariff_of: np.ndarray | None = None,
+                kind: Period = "day", band_names: list[str] | None = None) -> BandTotals:
+    """Split each twin's energy by the time-of-use band in force at each interval's start.
+
+    `band` is int [intervals] (one tariff for all) or int [tariffs, intervals] with
+    `tariff_of` int [twins] choosing the row: `twin.tariffs.price_tables(...).band`
+    with its `band_names`. Needs sub-daily data (see the module docstring)."""
+    energy = _matrix(matrix, calendar)
+    bands = np.atleast_2d(np.asarray(band)).astype(np.int8)
+    if bands.shape[1] != calendar.n_intervals:
+        raise ValueError(f"band covers {bands.shape[1]} intervals, the calendar {calendar.n_intervals}")
+    rows = np.zeros(energy.shape[0], dtype=np.int64) if tariff_of is None else np.asarray(tariff_of, np.int64)
+    if rows.shape != (energy.shape[0],) or (rows.size and not 0 <= rows.min() <= rows.max() < bands.shape[0]):
+        raise ValueError(f"tariff_of must give each of {energy.shape[0]} twins a row of band (0..{bands.shape[0] - 1})")
+    n_bands = int(bands.max()) + 1 if bands.size else 1
+    if band_names is not None:
+        n_bands = max(n_bands, len(band_names))
+    if bands.size and bands.min() < 0 or n_bands > MAX_BANDS:
+        raise ValueError(f"band indexes must be 0..{MAX_BANDS - 1}")
+    out = np.empty((energy.shape[0], len(calendar.days), n_bands))
+    band_day_totals(energy, calendar.day_bounds, np.ascontiguousarray(bands), rows, n_bands, out)
+    periods = calendar.periods[kind]
+    if kind != "day" and len(periods):
+        out = np.add.reduceat(out, periods.day_bounds[:-1], axis=1)
+    names = list(band_names) if band_names else []
+    names += [f"band{i}" for i in range(len(names), n_bands)]
+    return BandTotals(periods, names, out)
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """The typical local day: the mean reading at each slot, weekdays and weekends apart.
+    Per building (`building_profiles`) it is the sum of the sub-meters' means."""
+
+    labels: list[str]  #: twin ids, or "B01 electric" per building and utility
+    slot_minutes: int  #: minutes per slot (1440 for daily data: one slot)
+    mean: np.ndarray  #: float32 [rows, 2, slots]: [:, 0] weekdays, [:, 1] weekends; NaN when no reading
+    meters: np.ndarray | None = None  #: int64 [rows, 2, slots]: meters summed (per building only)
+
+
+def typical_profile(matrix: np.ndarray, calendar: Calendar, labels: list[str] | None = None) -> Profile:
+    """Each twin's mean reading by slot of the local day, weekdays and weekends apart. On a
+    DST day the repeated hour adds to its slots twice, the skipped one to none."""
+    energy = _matrix(matrix, calendar)
+    n_slots = calendar.n_slots
+    day_weekend = calendar.weekend.astype(np.int64) * n_slots
+    cell = calendar.slot + np.repeat(day_weekend, np.diff(calendar.day_bounds))
+    out = np.empty((energy.shape[0], 2 * n_slots), dtype=np.float32)
+    profile_means(energy, calendar.day_bounds, day_weekend + calendar.day_slot0, calendar.day_regular, cell,
+                  2 * n_slots, out)
+    names = labels if labels is not None else [str(i) for i in range(energy.shape[0])]
+    return Profile(names, 1440 // n_slots, out.reshape(energy.shape[0], 2, n_slots))
+
+
+def building_groups(topology: Topology) -> tuple[np.ndarray, list[str]]:
+    """Group of each column (its building and utility) for sub-meters (`role` sub, with a
+    building), -1 otherwise; and the group labels, "B01 electric", in first-seen order."""
+    index: dict[str, int] = {}
+    group = np.full(len(topology.columns), -1, dtype=np.int64)
+    for i, column in enumerate(topology.columns):
+        if column.role != "sub" or column.building is None:
+            continue
+        label = f"{column.building} {column.utility}"
+        group[i] = index.setdefault(label, len(index))
+    return group, list(index)
+
+
+def _grouped(values: np.ndarray, group: np.ndarray, n_groups: int) -> tuple[np.ndarray, np.ndarray]:
+    flat = np.ascontiguousarray(values.reshape(values.shape[0], -1))
+    out = np.empty((n_groups, flat.shape[1]))
+    counts = np.empty((n_groups, flat.shape[1]), dtype=np.int64)
+    group_sum(flat, group, out, counts)
+    shape = (n_groups,) + values.shape[1:]
+    return out.reshape(shape), counts.reshape(shape)
+
+
+def building_profiles(profile: Profile, topology: Topology) -> Profile:
+    """Per building and utility, the sum of its sub-meters' typical days (a meter with no
+    reading at a slot adds nothing there; `meters` says how many did)."""
+    if profile.mean.shape[0] != len(topology.columns):
+        raise ValueError(f"profile has {profile.mean.shape[0]} rows, the topology {len(topology.columns)} columns")
+    group, labels = building_groups(topology)
+    sums, counts = _grouped(profile.mean, group, len(labels))
+    return Profile(labels, profile.slot_minutes, sums.astype(np.float32), counts)
+
+
+@dataclass(frozen=True, slots=True)
+class YearOnYear:
+    """Each local month against the same month a year before, per twin or building."""
+
+    labels: list[str]  #: twin ids or "B01 electric"
+    months: list[str]  #: "2026-01", ...
+    this_year: np.ndarray  #: float64 [rows, months]: the month's total, NaN unless the window holds all of it
+    last_year: np.ndarray  #: float64 [rows, months]: the same month a year before, NaN where the history
+    #: does not reach back (or holds only part of it)
+    change_pct: np.ndarray  #: float64 [rows, months]: 100 * (this / last - 1), NaN where undefined
+    missing: np.ndarray  #: int64 [rows, months]: missing readings this month plus that month last year
+
+
+def year_on_year(days: PeriodSummary, calendar: Calendar, topology: Topology | None = None,
+                 by_building: bool = False) -> YearOnYear:
+    """Month against the same month last year from a `day_summary`; `by_building` sums the
+    sub-meters of each building and utility (needs `topology`). Only months the window holds
+    whole are compared: a month in progress has NaN."""
+    months = period_summary(days, calendar, "month")
+    totals = np.where(months.periods.covered[None, :], months.totals, np.nan)
+    missing = months.missing.astype(np.int64)
+    labels = [str(i) for i in range(totals.shape[0])] if topology is None else topology.ids
+    if by_building:
+        if topology is None:
+            raise ValueError("by_building needs the topology")
+        group, labels = building_groups(topology)
+        totals, _ = _grouped(np.where(np.isnan(totals), 0.0, totals), group, len(labels))
+        totals[:, ~months.periods.covered] = np.nan
+        missing, _ = _grouped(missing.astype(np.float64), group, len(labels))
+        missing = missing.astype(np.int64)
+    names = months.periods.labels
+    back = np.array([names.index(f"{int(m[:4]) - 1}{m[4:]}") if f"{int(m[:4]) - 1}{m[4:]}" in names else -1
+                     for m in names], dtype=np.int64)
+    last = np.full_like(totals, np.nan)
+    extra = np.zeros_like(missing)
+    has = back >= 0
+    last[:, has] = totals[:, back[has]]
+    extra[:, has] = missing[:, back[has]]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        change = np.where(last > 0, 100.0 * (totals / np.where(last > 0, last, 1.0) - 1.0), np.nan)
+    return YearOnYear(labels, list(names), totals, last, change, missing + extra)
+
+
+@dataclass(frozen=True, slots=True)
+class EnergyBalance:
+    """Each master meter against the sum of what it feeds, by local day.
+
+    Missing readings count as 0 on both sides (so a sub-meter offline shows as loss that
+    day and its catch-up reading as a gain later); `missing` counts them so callers can set
+    such days aside."""
+
+    masters: list[str]  #: master meter ids
+    buildings: list[str | None]  #: building of each master
+    utilities: list[str]  #: electric or water
+    feeds: list[list[str]]  #: ids of the twins each master feeds (their `master` names it)
+    days: list[str]  #: local dates
+    master_kwh: np.ndarray  #: float64 [masters, days]: what the master measured
+    fed_kwh: np.ndarray  #: float64 [masters, days]: sum of what its feeds measured
+    loss_kwh: np.ndarray  #: float64 [masters, days]: master - fed (negative: feeds read more)
+    loss_pct: np.ndarray  #: float64 [masters, days]: 100 * loss / master, NaN when master <= 0
+    missing: np.ndarray  #: int64 [masters, days]: missing readings of the master and its feeds
+
+
+def energy_balance(source: np.ndarray | PeriodSummary, topology: Topology,
+                   calendar: Calendar | None = None) -> EnergyBalance:
+    """Per master meter and local day: its energy, the sum of the twins whose `master` is
+    it (sub-meters, elevators, shared circuits), loss in kWh (m3 for water) and percent.
+    `source` is a `day_summary` (no pass over the matrix) or the matrix with its calendar."""
+    if isinstance(source, PeriodSummary):
+        days = source
+    else:
+        if calendar is None:
+            raise ValueError("energy_balance of a matrix needs its calendar")
+        days = day_summary(source, calendar)
+    if days.periods.kind != "day":
+        raise ValueError("energy_balance needs a day_summary")
+    columns = topology.columns
+    if days.totals.shape[0] != len(columns):
+        raise ValueError(f"{days.totals.shape[0]} rows against {len(columns)} topology columns")
+    referenced = {c.master for c in columns if c.master is not None}
+    masters = [i for i, c in enumerate(columns) if c.role == "master" or c.id in referenced]
+    slot_of = {columns[i].id: g for g, i in enumerate(masters)}
+    fed_group = np.array([slot_of.get(c.master, -1) if c.master is not None else -1 for c in columns],
+                         dtype=np.int64)
+    fed, _ = _grouped(days.totals, fed_group, len(masters))
+    fed_missing, _ = _grouped(days.missing.astype(np.float64), fed_group, len(masters))
+    master_kwh = days.totals[masters]
+    loss = master_kwh - fed
+    with np.errstate(invalid="ignore", divide="ignore"):
+        pct = np.where(master_kwh > 0, 100.0 * loss / np.where(master_kwh > 0, master_kwh, 1.0), np.nan)
+    feeds: list[list[str]] = [[] for _ in masters]
+    for i, g in enumerate(fed_group):
+        if g >= 0:
+            feeds[g].append(columns[i].id)
+    return EnergyBalance([columns[i].id for i in masters], [columns[i].building for i in masters],
+                         [columns[i].utility for i in masters], feeds, list(days.periods.labels), master_kwh,
+                         fed, loss, pct, days.missing[masters].astype(np.int64) + fed_missing.astype(np.int64))
+
+
+def utc_label(t: int) -> str:
+    """An epoch second as 2026-01-05T08:15:00Z (for reports of peak times)."""
+    return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+__all__ = [
+    "BandTotals", "Calendar", "EnergyBalance", "PeriodSummary", "Periods", "Profile", "YearOnYear",
+    "band_totals", "building_groups", "building_profiles", "calendar_of_history", "daily_totals", "day_summary",
+    "energy_balance", "local_calendar", "period_summary", "typical_profile", "utc_label", "year_on_year",
+]
