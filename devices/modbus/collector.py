@@ -182,6 +182,53 @@ class WriteOutcome:
         return self.status == "confirmed"
 
 
+class Source(Protocol):
+    """A twin read from Modbus hardware, as a scenario's [[modbus]] table gives it
+    (`scenarios.schema.ModbusSource`)."""
+
+    @property
+    def twin(self) -> str: ...
+    @property
+    def host(self) -> str: ...  # the gateway host, or the serial device for RTU
+    @property
+    def port(self) -> int: ...  # TCP port (0 for serial)
+    @property
+    def unit(self) -> int: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def tls(self) -> bool: ...
+    @property
+    def baud(self) -> int: ...  # serial baud rate, 0 for TCP
+
+
+def targets_for(sources: Sequence[Source], tls: ssl.SSLContext | None = None,
+                valves: dict[str, str] | None = None) -> list[Target]:
+    """Targets for a scenario's Modbus sources: one per gateway (host and port, or serial
+    device), its units in unit-id order. `tls` is the client context for `modbus+tls`
+    sources; `valves` maps a water meter's twin to its valve twin. ValueError when two
+    sources share a unit, or a TLS source has no context."""
+    grouped: dict[tuple[str, int, bool, int], list[Source]] = {}
+    for source in sources:
+        grouped.setdefault((source.host, source.port, source.tls, source.baud), []).append(source)
+    targets = []
+    for (host, port, secure, baud), members in grouped.items():
+        members.sort(key=lambda m: m.unit)
+        for a, b in zip(members, members[1:], strict=False):
+            if a.unit == b.unit:
+                raise ValueError(f"{a.twin} and {b.twin} are both unit {a.unit} of {host}")
+        if secure and tls is None:
+            raise ValueError(f"{members[0].twin}: modbus+tls://{host}:{port} needs a TLS client context")
+        name = f"{host}@{baud}" if baud else f"{host}:{port}"
+        units = tuple(Unit(m.unit, m.twin, m.model, (valves or {}).get(m.twin)) for m in members)
+        gateway = Gateway(name, "", units)
+        if baud:
+            targets.append(Target(gateway, serial=host, baud=baud))
+        else:
+            targets.append(Target(gateway, host=host, port=port, tls=tls if secure else None))
+    return targets
+
+
 # -- streams: the seam between the collector and the wire --------------------------------
 
 
@@ -884,5 +931,5 @@ def _same(control: Point, feeding: Point, asked: float, seen: float) -> bool:
 
 
 __all__ = ["Collector", "CycleStats", "DeviceException", "Garbage", "GatewayDown", "Link", "LinkLost", "ModbusFault",
-           "NoAnswer", "Opener", "SerialStream", "SocketStream", "Stream", "Target", "WriteOutcome", "answer_values",
-           "check_answer", "crc16", "open_stream", "read_pdu", "write_pdu"]
+           "NoAnswer", "Opener", "SerialStream", "SocketStream", "Source", "Stream", "Target", "WriteOutcome",
+           "answer_values", "check_answer", "crc16", "open_stream", "read_pdu", "targets_for", "write_pdu"]

@@ -595,6 +595,27 @@ def test_tls_gateway_is_read_and_strangers_are_refused(tmp_path: Path):
     assert stats["no client certificate"].units_ok == 0
 
 
+def test_scenario_sources_become_one_target_per_gateway():
+    """A scenario's [[modbus]] sources group into one target per gateway (host and port,
+    or serial device), units in id order; TLS sources need a context; a unit is one twin's."""
+    from devices.modbus.collector import targets_for
+    from scenarios.loader import parse_modbus_url
+
+    sources = [parse_modbus_url("B01.mm", "modbus://10.0.3.17:502/2", "sdm630"),
+               parse_modbus_url("B01.el", "modbus://10.0.3.17:502/1", "metertwin-el1"),
+               parse_modbus_url("B01-01-01.wm", "rtu:///dev/ttyUSB0/5?baud=2400", "metertwin-wm1"),
+               parse_modbus_url("B02.mm", "modbus+tls://10.0.4.1:802/1", "sdm630")]
+    context = ssl.create_default_context()
+    tcp, rtu, tls = targets_for(sources, tls=context, valves={"B01-01-01.wm": "B01-01-01.vl"})
+    assert (tcp.host, tcp.port, [u.twin for u in tcp.gateway.units]) == ("10.0.3.17", 502, ["B01.el", "B01.mm"])
+    assert (rtu.serial, rtu.baud, rtu.gateway.units[0].valve) == ("/dev/ttyUSB0", 2400, "B01-01-01.vl")
+    assert tls.tls is context and tls.port == 802
+    with pytest.raises(ValueError, match="needs a TLS client context"):
+        targets_for(sources)
+    with pytest.raises(ValueError, match="both unit 1"):
+        targets_for([sources[1], parse_modbus_url("B01.sc", "modbus://10.0.3.17:502/1", "metertwin-sc1")])
+
+
 def test_targets_are_checked():
     """A target is TCP or serial, never both; TLS only over TCP; a twin on one unit only."""
     gw = gateway("gw", [FakeUnit(1, "metertwin-pm1", "em1")])
