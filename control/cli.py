@@ -171,6 +171,10 @@ def build_parser() -> argparse.ArgumentParser:
     add.add_argument("--data", default="data", metavar="DIR", help=data_help)
     ulist = users_sub.add_parser("list", help="list users")
     ulist.add_argument("--data", default="data", metavar="DIR", help=data_help)
+
+    from control.emulate import add_parser as add_emulate
+
+    add_emulate(commands)
     return parser
 
 
@@ -270,13 +274,21 @@ def cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_emulate(args: argparse.Namespace) -> int:
+    """`metertwin emulate`: the world behind emulated Modbus gateways until Ctrl-C or SIGTERM."""
+    from control.emulate import run
+
+    return run(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     from scenarios.loader import ScenarioError
 
     args = build_parser().parse_args(argv)
     try:
-        handlers = {"simulate": cmd_simulate, "run": cmd_run, "keys": cmd_keys, "users": cmd_users, "bill": cmd_bill}
+        handlers = {"simulate": cmd_simulate, "run": cmd_run, "keys": cmd_keys, "users": cmd_users, "bill": cmd_bill,
+                    "emulate": cmd_emulate}
         return handlers[args.command](args)
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)

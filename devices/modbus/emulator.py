@@ -209,10 +209,11 @@ class Rtu:
     """Serve a gateway as Modbus RTU on a serial device, with field timing: each answer
     waits the wire time of request and response plus the device's turnaround.
 
-    Example: ``Rtu(pty.device, baudrate=9600)``.
+    Example: ``Rtu(pty.device, pty.collector, baudrate=9600)``.
     """
 
     device: str  #: the serial device served (the emulator's end of a PtyPair)
+    peer: str = ""  #: the collector's end, for `Emulator.url` (default: `device`)
     baudrate: int = 9600  #: bits per second on the wire
     turnaround_s: float = 0.03  #: the device's think time before answering
     parity: str = "N"  #: N, E or O
@@ -601,7 +602,7 @@ class Emulator:
         gateway, unit_id = self.unit_of(twin_id)
         link = self.links.get(gateway)
         if isinstance(link, Rtu):
-            return f"rtu://{link.device}/{unit_id}?baud={link.baudrate}"
+            return f"rtu://{link.peer or link.device}/{unit_id}?baud={link.baudrate}"
         scheme = "modbus+tls" if isinstance(link, Tls) else "modbus"
         return f"{scheme}://{self.host}:{self.ports.get(gateway, self.port_of(gateway))}/{unit_id}"
 
