@@ -79,6 +79,8 @@ def gateway_table(emulator: Any) -> str:
     for gateway in emulator.gateways:
         first, last = gateway.units[0], gateway.units[-1]
         link = emulator.url(first.twin).rsplit("/", 1)[0]
+        if link.startswith("rtu://"):
+            link += f" ({emulator.links[gateway.name].baudrate} baud)"
         rows.append((gateway.name, link, f"{first.unit_id}-{last.unit_id}", f"{first.twin} .. {last.twin}"))
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)

@@ -9,7 +9,7 @@ relay coil writes `relay_closed`, a water meter's valve coil writes its valve tw
 push). Writing a read-only point, a gap, part of a point, or a register outside the map
 answers exception 2 (illegal data address); a value outside the point's range, exception
 3; a read longer than the model's `max_read`, exception 3; a unit id the gateway does not
-have, exception 0x0B (gateway target failed to respond). The units of an offline twin
+have, exception 0x0B (gateway target failed to respond; on an RTU bus, silence). The units of an offline twin
 (reported `online` = 0) do not answer at all.
 
 Points without a twin field hold emulator-side values (`DERIVED`, `HELD_DEFAULTS`):
@@ -334,6 +334,7 @@ class _ReadPlan:
     count: int  #: values asked
     span_start: int  #: first address of the span
     needs_valve: bool  #: a point reads the valve twin
+    fields: tuple[str, ...]  #: the twin's fields the points need, each read once per request
 
 
 class _Model:
@@ -378,9 +379,12 @@ class _Model:
         coders = tuple(self.coders[p.name] for p in hit)
         getters = tuple(self.getters[p.name] for p in hit)
         needs_valve = any(p.twin == "valve" for p in hit)
+        fields = tuple(dict.fromkeys(
+            p.field if p.field is not None else DERIVED[p.name][0] for p in hit
+            if p.twin == "self" and (p.field is not None or p.name in DERIVED)))
         if table in BIT_TABLES:
             return _ReadPlan(coders, getters, tuple(p.address - address for p in hit), None, None, 0, count,
-                             address, needs_valve)
+                             address, needs_valve, fields)
         start = min(address, hit[0].address) if hit else address
         end = max(address + count, hit[-1].address + hit[-1].size) if hit else address + count
         packer = words = None
@@ -391,7 +395,7 @@ class _Model:
                 at = p.address + p.size
             fmt += "xx" * (end - at)
             packer, words = struct.Struct(fmt), struct.Struct(f">{end - start}H")
-        return _ReadPlan(coders, getters, (), packer, words, address - start, count, start, needs_valve)
+        return _ReadPlan(coders, getters, (), packer, words, address - start, count, start, needs_valve, fields)
 
     def write_plan(self, table: str, address: int, count: int) -> tuple[Point, ...] | ExcCodes:
         """The writable points exactly covering [address, address + count), or exception 2."""
@@ -474,12 +478,18 @@ class _GatewayContext(ModbusServerContext):
             await asyncio.sleep(self.wire.wire_s(fc, count))
         return None
 
+    def _unknown(self, device_id: int) -> ExcCodes:
+        """A unit id not served: a TCP gateway answers 0x0B; on a serial bus nobody answers."""
+        if self.wire is not None:
+            raise NoSuchIdException(f"{self.gateway.name}/{device_id}")
+        return ExcCodes.GATEWAY_NO_RESPONSE
+
     async def async_getValues(self, device_id: int, func_code: int, address: int,
                               count: int = 1) -> list[int] | list[bool] | ExcCodes:
         """Values of a read, live from the source."""
         unit = self.units.get(device_id)
         if unit is None:
-            return ExcCodes.GATEWAY_NO_RESPONSE
+            return self._unknown(device_id)
         table = FC_TABLE.get(func_code)
         if table is None:
             return ExcCodes.ILLEGAL_FUNCTION
@@ -495,7 +505,8 @@ class _GatewayContext(ModbusServerContext):
         if plan.needs_valve and unit.unit.valve is not None:
             valve = self.source.reported(unit.unit.valve)
         held = unit.held
-        raws = [coder.raw(get(rep, valve, held)) for coder, get in zip(plan.coders, plan.getters, strict=True)]
+        now = {name: rep[name] for name in plan.fields}
+        raws = [coder.raw(get(now, valve, held)) for coder, get in zip(plan.coders, plan.getters, strict=True)]
         faulted = unit.fault
         if faulted is not None and faulted[0].kind == "garbage":
             raws = [raw if c.garbage is None else c.garbage for c, raw in zip(plan.coders, raws, strict=True)]
@@ -512,7 +523,7 @@ class _GatewayContext(ModbusServerContext):
         """A write: control points act on the source, held points keep the value."""
         unit = self.units.get(device_id)
         if unit is None:
-            return ExcCodes.GATEWAY_NO_RESPONSE
+            return self._unknown(device_id)
         table = FC_TABLE.get(func_code)
         if table is None or func_code in (1, 2, 3, 4):
             return ExcCodes.ILLEGAL_FUNCTION
@@ -675,6 +686,8 @@ class Emulator:
         for server in servers.values():
             with contextlib.suppress(Exception):
                 await server.shutdown()
+        for _ in range(3):  # closing transports finish on the loop's next turns
+            await asyncio.sleep(0)
         self.ports = {}
 
     @contextlib.contextmanager
