@@ -6,6 +6,7 @@ scenario and stops cleanly on SIGTERM."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 import os
 import re
@@ -28,7 +29,7 @@ from pymodbus.exceptions import ModbusException
 
 from devices.modbus.certs import client_context, ensure_certs, server_context
 from devices.modbus.emulator import HELD_DEFAULTS, Emulator, Fault, PtyPair, Rtu, Tls, WorldSource
-from devices.modbus.layout import Gateway, layout
+from devices.modbus.layout import Gateway, Unit, layout
 from devices.modbus.maps import decode, encode, load_map
 from devices.sim.world import World
 from scenarios.schema import Residents
@@ -343,6 +344,66 @@ def test_an_offline_twin_does_not_answer(plant: Plant, faulty: str) -> None:
         with plant.source.lock:
             online[row] = 1
     assert not silent(port, unit)
+
+
+USER_MAP = """\
+[model]
+name = "little-meter"
+kind = "electric_meter"
+word_order = "little"
+byte_order = "little"
+
+[[points]]
+name = "energy"
+table = "holding"
+address = 0
+type = "u32"
+scale = 0.01
+field = "energy_kwh"
+
+[[points]]
+name = "power"
+table = "holding"
+address = 2
+type = "f32"
+word_order = "big"
+field = "power_w"
+
+[[points]]
+name = "credit"
+table = "holding"
+address = 4
+type = "i32"
+field = "credit_fen"
+"""
+
+
+class DictSource:
+    """A `Source` over plain dictionaries."""
+
+    def __init__(self, twins: dict[str, dict[str, Any]]) -> None:
+        self.twins = twins
+        self.writes: list[tuple[str, str, int, str]] = []
+
+    def reported(self, twin_id: str) -> dict[str, Any]:
+        return self.twins[twin_id]
+
+    def write(self, twin_id: str, field: str, value: int, source: str) -> None:
+        self.writes.append((twin_id, field, value, source))
+
+
+def test_a_user_map_is_served_in_its_own_word_and_byte_order(tmp_path: Path) -> None:
+    """Registers are exactly what `maps.encode` makes of the twin's values, in each point's
+    word and byte order; a read starting inside a point gets that point's later words."""
+    path = tmp_path / "little-meter.toml"
+    path.write_text(USER_MAP)
+    regmap = load_map(str(path))
+    twin = {"energy_kwh": 1234.56, "power_w": 512.5, "credit_fen": -321, "online": 1}
+    emulator = Emulator([Gateway("gw-T-1", "T", (Unit(1, "m1", str(path)),))], DictSource({"m1": twin}), base_port=0)
+    context = emulator.contexts["gw-T-1"]
+    expected = [w for p in regmap.points for w in encode(p, twin[str(p.field)])]
+    assert asyncio.run(context.async_getValues(1, 3, 0, 6)) == expected
+    assert asyncio.run(context.async_getValues(1, 3, 1, 4)) == expected[1:5]
 
 
 # -- links -------------------------------------------------------------------------------------
