@@ -21,6 +21,8 @@ Rules that hold at every resolution:
   readings in its period and the number of intervals the window holds of it (`intervals`)
   and the full period would hold (`expected`: 92 or 100 on a DST day), so a caller can tell
   a short total from a low one.
+- Weekends are Saturday and Sunday; public holidays and make-up workdays (调休) are not
+  known here.
 - Peak demand is the largest interval energy divided by the interval in hours (kW, or
   m3/h), with the UTC start of that interval (the first one, on ties). Load factor is the
   mean over intervals with a reading divided by the peak. A period with no reading has
@@ -116,14 +118,14 @@ class Calendar:
         """Hours per interval: divides an interval's energy into mean power."""
         return self.interval_s / 3600.0
 
-    def utc_of(self, interval: np.ndarray) -> np.ndarray:
-        """UTC start of intervals given by index; -1 stays -1."""
-        index = np.asarray(interval, dtype=np.int64)
-        return np.where(index >= 0, self.start_utc + index * self.interval_s, -1)
-
 
 def _midnight_utc(day: date, tz: ZoneInfo) -> int:
     return int(datetime.combine(day, clock(), tzinfo=tz).timestamp())
+
+
+def _wall_minute(t: int, tz: ZoneInfo) -> int:
+    local = datetime.fromtimestamp(t, tz=tz)
+    return local.hour * 60 + local.minute
 
 
 def _period_key(day: date, kind: str) -> tuple[int, int]:
@@ -164,7 +166,7 @@ def local_calendar(start_utc: int, n_intervals: int, interval_s: int, timezone: 
     tz = ZoneInfo(timezone)
     starts = start_utc + np.arange(n_intervals, dtype=np.int64) * interval_s
     anchor = starts + (DAILY // 2 if interval_s == DAILY else 0)
-    slot_minutes = interval_s // 60 if interval_s < DAILY else 1440
+    slot_minutes = interval_s // 60
     slot = np.zeros(n_intervals, dtype=np.int64)
     days: list[date] = []
     bounds = [0]
@@ -181,9 +183,8 @@ def local_calendar(start_utc: int, n_intervals: int, interval_s: int, timezone: 
             if offset0 == offset1:  # no DST change inside the day: wall clock = elapsed time
                 minutes = (starts[t:b] - m0) // 60
             else:
-                minutes = np.array([(lambda w: w.hour * 60 + w.minute)(datetime.fromtimestamp(int(s), tz=tz))
-                                    for s in starts[t:b]], dtype=np.int64)
-            slot[t:b] = np.clip(minutes // slot_minutes, 0, DAILY // interval_s - 1)
+                minutes = np.array([_wall_minute(int(s), tz) for s in starts[t:b]], dtype=np.int64)
+            slot[t:b] = np.clip(minutes // slot_minutes, 0, DAILY // interval_s - 1)  # [0, slots)
             expected.append(max(1, round((m1 - m0) / interval_s)))
         else:
             expected.append(1)
@@ -217,9 +218,8 @@ def local_calendar(start_utc: int, n_intervals: int, interval_s: int, timezone: 
         day_cuts = np.array(cuts, dtype=np.int64)
         periods[kind] = Periods(kind, labels, day_cuts, np.add.reduceat(counts, day_cuts[:-1]) if n_days else
                                 np.zeros(0, dtype=np.int64), np.array(full, dtype=np.int64))
-    return Calendar(start_utc, interval_s, timezone, n_intervals, days, day_bounds,
-                    DAILY // interval_s if interval_s < DAILY else 1, slot, day_slot0, day_regular, weekend,
-                    periods)
+    return Calendar(start_utc, interval_s, timezone, n_intervals, days, day_bounds, DAILY // interval_s, slot,
+                    day_slot0, day_regular, weekend, periods)
 
 
 def calendar_of_history(history: History, start_utc: int, end_utc: int) -> Calendar:
