@@ -56,6 +56,10 @@ Prints CSV on stdout: per account and utility the units, the charge, units and c
 by band (band1.. in the tariff's order) and tier surcharges by tier; totals last.
 Band parts plus tier surcharges make the charge. It never touches the ledger."""
 
+#: Subcommands that live in their own module: each has `add_parser(commands)`, which adds its
+#: parser and sets `handler=function(args) -> exit status` with `set_defaults`.
+SUBCOMMAND_MODULES = ["control.emulate"]
+
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|sec|min|m|h)?\s*$")
 
 
@@ -172,9 +176,10 @@ def build_parser() -> argparse.ArgumentParser:
     ulist = users_sub.add_parser("list", help="list users")
     ulist.add_argument("--data", default="data", metavar="DIR", help=data_help)
 
-    from control.emulate import add_parser as add_emulate
+    import importlib
 
-    add_emulate(commands)
+    for module in SUBCOMMAND_MODULES:
+        importlib.import_module(module).add_parser(commands)
     return parser
 
 
@@ -274,22 +279,15 @@ def cmd_users(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_emulate(args: argparse.Namespace) -> int:
-    """`metertwin emulate`: the world behind emulated Modbus gateways until Ctrl-C or SIGTERM."""
-    from control.emulate import run
-
-    return run(args)
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     from scenarios.loader import ScenarioError
 
     args = build_parser().parse_args(argv)
     try:
-        handlers = {"simulate": cmd_simulate, "run": cmd_run, "keys": cmd_keys, "users": cmd_users, "bill": cmd_bill,
-                    "emulate": cmd_emulate}
-        return handlers[args.command](args)
+        handlers = {"simulate": cmd_simulate, "run": cmd_run, "keys": cmd_keys, "users": cmd_users, "bill": cmd_bill}
+        handler = getattr(args, "handler", None) or handlers[args.command]
+        return int(handler(args))
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

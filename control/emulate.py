@@ -62,6 +62,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     emulate.add_argument("--tls", default=None, metavar="DIR",
                          help="serve TCP gateways as Modbus/TCP Security; CA, server and client "
                               "certificates are made in DIR when missing")
+    emulate.set_defaults(handler=run)
     return emulate
 
 
