@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from fastapi import Depends, HTTPException, Request
+from starlette.concurrency import run_in_threadpool
 
 from control.auth import AuthError, Principal, Role
 
@@ -25,7 +26,7 @@ def get_platform(request: Request) -> Platform:
     return request.app.state.platform  # type: ignore[no-any-return]
 
 
-def _principal(request: Request) -> Principal:
+async def _principal(request: Request) -> Principal:
     platform = get_platform(request)
     header = request.headers.get("authorization", "")
     key = request.headers.get("x-api-key")
@@ -39,18 +40,19 @@ def _principal(request: Request) -> Principal:
                 name, _, password = base64.b64decode(header[6:]).decode().partition(":")
             except (binascii.Error, UnicodeDecodeError):
                 raise AuthError("malformed basic credentials") from None
-            return platform.auth.check_password(name, password)
+            # scrypt takes tens of ms: off the event loop, or every request waits behind it
+            return await run_in_threadpool(platform.auth.check_password, name, password)
     except AuthError as err:
         raise HTTPException(401, str(err), headers={"WWW-Authenticate": "Bearer"}) from None
     raise HTTPException(401, "credentials needed: an API key as 'Authorization: Bearer mt_...'",
                         headers={"WWW-Authenticate": "Bearer"})
 
 
-def require(role: Role) -> Callable[[Request], Principal]:
+def require(role: Role) -> Callable[[Request], Awaitable[Principal]]:
     """A dependency that lets through principals with at least `role`."""
 
-    def dependency(request: Request) -> Principal:
-        principal = _principal(request)
+    async def dependency(request: Request) -> Principal:
+        principal = await _principal(request)
         if principal.role < role:
             raise HTTPException(403, f"{principal.name} is a {principal.role.name.lower()}; "
                                      f"this needs {role.name.lower()}")

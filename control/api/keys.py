@@ -6,6 +6,7 @@ from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
 from pydantic import BaseModel, Field
+from starlette.concurrency import run_in_threadpool
 
 from control.api.deps import Admin, get_platform
 from control.auth import Role
@@ -65,7 +66,7 @@ async def add_user(request: Request, body: UserRequest) -> dict[str, Any]:
     """Example body: `{"name": "alice", "role": "operator", "password": "a long passphrase"}`."""
     try:
         role = Role.parse(body.role)
-        get_platform(request).auth.add_user(body.name, role, body.password)
+        await run_in_threadpool(get_platform(request).auth.add_user, body.name, role, body.password)  # scrypt
     except ValueError as err:
         raise HTTPException(400, str(err)) from None
     return {"name": body.name, "role": role.name.lower()}
