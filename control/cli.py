@@ -30,6 +30,7 @@ examples:
   metertwin run                                   # the demo community at 60x, http://127.0.0.1:8050
   metertwin run scenarios/district-10k.toml --speed 120 --data /srv/mt --port 8060
   metertwin run --start 2026-07-01                # a summer day, from midnight
+  metertwin run --opcua-port 4841 --opcua-anonymous   # OPC UA elsewhere, plus a read-only anonymous endpoint
 
 On first start it makes an admin user and an admin API key, prints both once and writes
 them to DATA/admin.password and DATA/admin.key (owner-only). A restart with the same
@@ -138,6 +139,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="random seed of a new world (default 0)")
     run.add_argument("--webhook", action="append", default=[], metavar="URL",
                      help="POST every alarm transition as JSON to URL (repeatable)")
+    run.add_argument("--opcua-port", type=int, default=4840, metavar="P",
+                     help="OPC UA server port on 127.0.0.1 (default 4840; 0 picks a free one; see docs/opcua.md)")
+    run.add_argument("--no-opcua", action="store_true", help="no OPC UA server")
+    run.add_argument("--opcua-anonymous", action="store_true",
+                     help="also an anonymous, read-only endpoint without security (trusted networks only)")
 
     bill = commands.add_parser(
         "bill", help="bill a stored history under the scenario's tariffs (CSV on stdout)",
@@ -217,7 +223,13 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"metertwin: {platform.scenario.site.name or platform.scenario.site.id} live at "
           f"http://127.0.0.1:{args.port} (API docs at /api/docs), {args.speed:g}x; Ctrl-C stops",
           file=sys.stderr, flush=True)
-    asyncio.run(platform.serve(port=args.port))
+    if not args.no_opcua:
+        print(f"metertwin: OPC UA on opc.tcp://127.0.0.1:{args.opcua_port} (Basic256Sha256 SignAndEncrypt, users of "
+              f"this platform; client certificates trusted in {platform.data}/opcua/trusted/"
+              f"{'; plus an anonymous read-only None endpoint' if args.opcua_anonymous else ''})",
+              file=sys.stderr, flush=True)
+    asyncio.run(platform.serve(port=args.port, opcua_port=None if args.no_opcua else args.opcua_port,
+                               opcua_anonymous=args.opcua_anonymous))
     print("metertwin: stopped cleanly; the world, commands and alarms are saved", file=sys.stderr)
     return 0
 

@@ -37,6 +37,7 @@ from control.auth import Auth
 from control.batch import TaskBook
 from control.billing import LiveBilling
 from control.commands import Command, CommandBook
+from control.influx import sink_for
 from control.meter_billing import MeterBilling
 from control.month_close import Closed, MonthClose
 from control.notify import Notifier
@@ -149,6 +150,8 @@ class Platform:
         topology = Topology.from_twins(self.scenario.site.id, self.scenario.site.timezone,
                                        self.world.interval_s, self.scenario.site.twins)
         self.history = HistoryWriter(self.data / "history", topology)
+        #: the InfluxDB sink (scenario [influx] or METERTWIN_INFLUX_URL), None when off
+        self.influx = sink_for(self.scenario.influx, self.data, topology, self.data / "ledger.sqlite")
         self.alarms = AlarmBook(self.store.load_alarms())
         valves = {t.id: t.valve_of for t in self.scenario.site.twins if t.kind is Kind.VALVE and t.valve_of}
         self.commands = CommandBook(self.store, self.world.state, RecordingDevice(self), valves,
@@ -242,6 +245,8 @@ class Platform:
                     self.ledger.top_up(f"opening:{meter}", account, opening, at=float(self.world.start_utc))
 
     def _on_interval(self, start_utc: int, reported: np.ndarray) -> None:
+        if self.influx is not None:  # every closed interval, replays skipped by the sink
+            self.influx.add_interval(start_utc, reported)
         if start_utc + self.world.interval_s > self.posted_until:  # replayed intervals were posted already
             self.billing.on_interval(start_utc, reported)
             self.month_close.on_interval(start_utc, reported)
@@ -439,6 +444,8 @@ class Platform:
 
     def close(self) -> None:
         """Close files and the databases."""
+        if self.influx is not None:
+            self.influx.close()
         self.history.close()
         self.ledger.close()
         self.auth.store.close()
@@ -454,6 +461,7 @@ class Platform:
             "open_commands": len(self.commands.open), "uptime_s": round(time.time() - self.started_wall, 1),
             "replay_s": round(self.replay_seconds, 2), "webhooks": self.notifier.status(),
             "months_closed": self.month_close.closed or None,
+            "influx": self.influx.status() if self.influx is not None else None,
             "tasks": [{"name": t.name, "every_s": t.every_s, "runs": t.runs, "last_error": t.last_error}
                       for t in self.tasks],
         }

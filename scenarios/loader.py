@@ -99,6 +99,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from devices.modbus.maps import MapError, load_map
 from scenarios.schema import (
     INJECTION_PARAMS,
+    InfluxSettings,
     Injection,
     ModbusSource,
     ProfileClass,
@@ -325,7 +326,7 @@ PROFILE_RULES = {
     "away_prob": (lambda v: 0 <= v < 1, "away_prob must be in [0, 1)"),
 }
 TOP_KEYS = ("site", "profiles", "tariffs", "fee_items", "apportion", "buildings", "rooms", "inject",
-            "random_inject", "residents", "modbus")
+            "random_inject", "residents", "modbus", "influx")
 RESIDENT_KEYS = ("opening_yuan", "topup_below_yuan", "topup_delay_hours", "topup_yuan", "billing")
 
 
@@ -424,8 +425,20 @@ def _build(doc: dict[str, Any], r: _Reader, path: str) -> Scenario:
     except FeeError as err:
         raise r.fail(_fee_path(str(err)), str(err).split(": ", 1)[1]) from None
     modbus = _modbus_sources(r, doc.get("modbus", []), site)
+    influx = _influx(r, doc["influx"]) if "influx" in doc else None
     return Scenario(path, site, profiles, tariffs, list(fee_items), injections, randoms,
-                    INTERVALS[interval], start, days, residents, list(apportion), modbus)
+                    INTERVALS[interval], start, days, residents, list(apportion), modbus, influx)
+
+
+def _influx(r: _Reader, raw: Any) -> InfluxSettings:
+    where = ("influx",)
+    raw = r.table(raw, where, ("url", "token", "org", "bucket"), required=("url",))
+    values = {key: r.get(raw, key, where, str) for key in ("url", "token", "org", "bucket") if key in raw}
+    try:
+        return InfluxSettings(**values)
+    except ValueError as err:
+        field = "url" if str(err).startswith("url") else ("org" if values.get("org") == "" else "bucket")
+        raise r.fail((*where, field), str(err)) from None
 
 
 def parse_modbus_url(twin: str, url: str, model: str) -> ModbusSource:

@@ -186,6 +186,23 @@ class ModbusSource:
 
 
 @dataclass(frozen=True, slots=True)
+class InfluxSettings:
+    """Where the live platform sends readings and ledger movements (InfluxDB 2 write API;
+    VictoriaMetrics speaks it too). Example: ``InfluxSettings("http://127.0.0.1:8428")``."""
+
+    url: str  #: http(s)://HOST:PORT
+    token: str = ""  #: API token ('' for none); METERTWIN_INFLUX_TOKEN keeps it out of the file
+    org: str = "metertwin"  #: organisation
+    bucket: str = "metertwin"  #: bucket
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("http://", "https://")):
+            raise ValueError(f"url {self.url!r}: use http://HOST:PORT or https://HOST:PORT")
+        if not self.org or not self.bucket:
+            raise ValueError("org and bucket must not be empty")
+
+
+@dataclass(frozen=True, slots=True)
 class Scenario:
     """A loaded scenario: the site plus what drives its simulation."""
 
@@ -202,3 +219,4 @@ class Scenario:
     residents: Residents | None = None  #: simulated prepaid residents, None: meters hold no credit
     apportion: list[dict[str, Any]] = field(default_factory=list)  #: common-area apportionments, as written
     modbus: list[ModbusSource] = field(default_factory=list)  #: twins polled from Modbus hardware
+    influx: InfluxSettings | None = None  #: the InfluxDB sink, None: off (the environment may still set it)

@@ -1,0 +1,236 @@
+"""The sink's spool: an append-only queue of line-protocol batches on disk, sent in order
+and trimmed only once the server accepted them.
+
+A spool is a directory:
+
+    seg-000000000001.spool   records, appended; a new segment past `segment_bytes`
+    cursor.json              {"segment": n, "offset": o, "marks": {...}}: where the first unsent
+                             record starts, and the marks of the last record sent
+
+A record is a 16-byte header (magic ``MTS1``, payload length, CRC-32 of the payload, line
+count; little-endian) and its payload: one JSON line of marks (``{"readings_through": t,
+"ledger_through": id}``, what the batch brings the sink up to), then the line protocol.
+An append is written and fsync'd before it counts; a torn record at the end of the last
+segment (a writer killed mid-append) is cut off when the spool opens. The cursor moves
+only after a 2xx, by writing cursor.json.tmp, fsync, rename, fsync of the directory, so
+a sender killed at any point resends at most the batches it had in flight, never skips
+one. Segments wholly before the cursor are deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import struct
+import threading
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+MAGIC = b"MTS1"
+HEADER = struct.Struct("<4sIII")
+#: A new segment starts once the current one holds this many bytes.
+SEGMENT_BYTES = 64 * 1024 * 1024
+
+
+class SpoolError(OSError):
+    """A spool that cannot be used: the message names the file and what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One spooled batch: where it starts and ends, its marks, its lines."""
+
+    segment: int  #: segment number
+    offset: int  #: byte offset of its header
+    end: int  #: byte offset just after it
+    lines: int  #: line count
+    marks: dict[str, int]  #: what the batch brings the sink up to
+    body: bytes  #: line protocol, lines joined by newlines
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class Spool:
+    """Example::
+
+        spool = Spool(Path("data/influx-spool"))
+        spool.append(b"electric,twin=a kwh=0.25 1767225600000", 1, {"readings_through": 1767225600})
+        record = spool.next_after(spool.cursor)      # the oldest unsent record, or None
+        spool.ack(record.segment, record.end)        # after the server answered 2xx
+
+    One appender thread and one sender thread may use it at once.
+    """
+
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.segment_bytes = segment_bytes
+        self._lock = threading.Lock()
+        self.marks: dict[str, int] = {}
+        self.cursor = self._read_cursor()  # also loads the marks of what was sent
+        segments = self._segments()
+        self.unsent_lines = 0
+        self.unsent_bytes = 0
+        for number in segments:
+            if number < self.cursor[0]:
+                (self._path(number)).unlink()  # sent before a crash cut the trim short
+        segments = [n for n in segments if n >= self.cursor[0]]
+        if not segments:
+            segments = [max(self.cursor[0], 1)]
+            self._path(segments[0]).touch()
+            _fsync_dir(self.directory)
+        if self.cursor[0] < segments[0]:
+            self.cursor = (segments[0], 0)
+        for number in segments:
+            self._scan(number, last=number == segments[-1])
+        self.segment = segments[-1]
+        self._fd = os.open(self._path(self.segment), os.O_WRONLY | os.O_APPEND)
+        self.end = os.fstat(self._fd).st_size  #: committed end of the last segment
+
+    # -- files --------------------------------------------------------------------------
+
+    def _path(self, number: int) -> Path:
+        return self.directory / f"seg-{number:012d}.spool"
+
+    def _segments(self) -> list[int]:
+        return sorted(int(p.stem[4:]) for p in self.directory.glob("seg-*.spool"))
+
+    def _read_cursor(self) -> tuple[int, int]:
+        path = self.directory / "cursor.json"
+        if not path.exists():
+            return (0, 0)
+        try:
+            doc = json.loads(path.read_text())
+            self._merge(doc.get("marks", {}))
+            return (int(doc["segment"]), int(doc["offset"]))
+        except (ValueError, KeyError, TypeError) as err:
+            raise SpoolError(f"{path}: not a spool cursor ({err}); it should read "
+                             '{"segment": N, "offset": BYTES}') from None
+
+    def _scan(self, number: int, last: bool) -> None:
+        """Count unsent lines and learn the marks; cut a torn tail off the last segment."""
+        path = self._path(number)
+        size = path.stat().st_size
+        start = self.cursor[1] if number == self.cursor[0] else 0
+        with path.open("rb") as f:
+            pos = 0
+            while pos < size:
+                f.seek(pos)
+                head = f.read(HEADER.size)
+                if len(head) < HEADER.size:
+                    break
+                magic, length, crc, lines = HEADER.unpack(head)
+                if magic != MAGIC or pos + HEADER.size + length > size:
+                    break
+                if pos >= start or last:
+                    payload = f.read(length)
+                    if zlib.crc32(payload) != crc:
+                        break
+                    self._merge(json.loads(payload.split(b"\n", 1)[0]))
+                if pos >= start:
+                    self.unsent_lines += lines
+                    self.unsent_bytes += HEADER.size + length
+                pos += HEADER.size + length
+        if pos < size:
+            if not last:
+                raise SpoolError(f"{path}: damaged record at byte {pos} inside the spool (not at its end); "
+                                 "move the file aside to go on")
+            os.truncate(path, pos)  # a torn append: it never counted
+
+    # -- appending ----------------------------------------------------------------------
+
+    def append(self, body: bytes, lines: int, marks: dict[str, int], sync: bool = True) -> None:
+        """Append one batch and (by default) fsync it; it counts once this returns."""
+        payload = json.dumps(marks, separators=(",", ":")).encode() + b"\n" + body
+        record = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload), lines) + payload
+        if self.end and self.end + len(record) > self.segment_bytes:
+            self._roll()
+        written = os.write(self._fd, record)
+        if written != len(record):
+            raise SpoolError(f"{self._path(self.segment)}: short write ({written} of {len(record)} bytes): disk full?")
+        if sync:
+            os.fsync(self._fd)
+        with self._lock:
+            self.end += len(record)
+            self.unsent_lines += lines
+            self.unsent_bytes += len(record)
+            self._merge(marks)
+
+    def _merge(self, marks: dict[str, int]) -> None:
+        for key, value in marks.items():  # marks only grow
+            self.marks[key] = max(self.marks.get(key, value), value)
+
+    def sync(self) -> None:
+        """fsync what was appended with sync=False."""
+        os.fsync(self._fd)
+
+    def _roll(self) -> None:
+        os.fsync(self._fd)
+        os.close(self._fd)
+        number = self.segment + 1
+        self._fd = os.open(self._path(number), os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        _fsync_dir(self.directory)
+        with self._lock:
+            self.segment, self.end = number, 0
+
+    # -- sending ------------------------------------------------------------------------
+
+    def next_after(self, position: tuple[int, int]) -> Record | None:
+        """The record starting at `position` (or at the next segment's start when that
+        segment is used up), None when nothing committed follows it."""
+        segment, offset = position
+        while True:
+            with self._lock:
+                last, end = self.segment, self.end
+            if segment > last:
+                return None
+            limit = end if segment == last else self._path(segment).stat().st_size
+            if offset < limit:
+                return self._read(segment, offset)
+            if segment == last:
+                return None
+            segment, offset = segment + 1, 0
+
+    def _read(self, segment: int, offset: int) -> Record:
+        path = self._path(segment)
+        with path.open("rb") as f:
+            f.seek(offset)
+            magic, length, crc, lines = HEADER.unpack(f.read(HEADER.size))
+            payload = f.read(length)
+        if magic != MAGIC or len(payload) != length or zlib.crc32(payload) != crc:
+            raise SpoolError(f"{path}: damaged record at byte {offset}; move the file aside to go on")
+        head, _, body = payload.partition(b"\n")
+        return Record(segment, offset, offset + HEADER.size + length, lines, json.loads(head), body)
+
+    def ack(self, segment: int, end: int, lines: int, nbytes: int, marks: dict[str, int]) -> None:
+        """The server accepted everything before (`segment`, `end`), which brought the sink
+        up to `marks`: move the cursor there durably, then delete the segments before it."""
+        path = self.directory / "cursor.json"
+        tmp = path.with_suffix(".json.tmp")
+        with tmp.open("w") as f:
+            f.write(json.dumps({"segment": segment, "offset": end, "marks": marks}) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.directory)
+        old = self.cursor[0]
+        with self._lock:
+            self.cursor = (segment, end)
+            self.unsent_lines -= lines
+            self.unsent_bytes -= nbytes
+        for number in range(old, segment):
+            self._path(number).unlink(missing_ok=True)
+
+    def close(self) -> None:
+        """fsync and close the segment being appended to."""
+        if self._fd >= 0:
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = -1
