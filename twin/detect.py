@@ -42,12 +42,14 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from datetime import time as clock
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import numpy as np
 from numba import njit, prange
 
-from twin.history import HistoryError, Topology, open_history
+from twin.history import HistoryError, Topology, TruthEvent, open_history
 from twin.kernels.load import DAILY, Calendar, local_calendar
 
 #: Event kinds detectors see; everything else in events.csv is left out.
@@ -245,4 +247,25 @@ def downsample_daily(view: DetectView, drop_masters: bool = True) -> DetectView:
 
 
 __all__ = ["CONTROL_EVENTS", "DayScores", "DetectView", "Event", "downsample_daily", "load_view", "read_events",
-           "register_days", "valve_columns"]
+           "register_days", "truth_days", "valve_columns"]
+
+
+def truth_days(view: DetectView, truth: list[TruthEvent], kind: str) -> np.ndarray:
+    """bool [columns, days]: a ground-truth window of `kind` overlaps the column's day
+    (the meter-days a detector of that kind should flag). Truth on twins that are not
+    columns is left out."""
+    out = np.zeros((view.matrix.shape[0], view.n_days), dtype=np.bool_)
+    index = {c: i for i, c in enumerate(view.topology.ids)}
+    cal = view.calendar
+    starts = cal.start_utc + cal.day_bounds[:-1] * cal.interval_s
+    ends = cal.start_utc + cal.day_bounds[1:] * cal.interval_s
+    if cal.interval_s >= DAILY:  # a daily reading covers its local date
+        tz = ZoneInfo(cal.timezone)
+        starts = np.array([int(datetime.combine(d, clock(), tzinfo=tz).timestamp()) for d in cal.days], dtype=np.int64)
+        ends = starts + DAILY
+    for e in truth:
+        if e.kind != kind or e.twin not in index:
+            continue
+        end = np.iinfo(np.int64).max if e.end is None else e.end
+        out[index[e.twin]] |= (starts < end) & (ends > e.start)
+    return out

@@ -1,0 +1,273 @@
+"""Anomaly kernels: arrays in, arrays out, over the interval matrix float32 [twins,
+intervals] (NaN missing) cut into site-local days by `day_bounds` (int64 [days + 1]).
+
+`day_features` is the only kernel that reads the whole matrix, once, column by column in
+parallel; it yields the per-day figures most rules need. The others read a few columns
+(shared circuits, elevators, valve spans) or the [twins, days] results. The rules that turn
+these figures into scores, and their parameters, are in twin/anomaly.py.
+
+Run lengths are causal and carry across days: a day's `silent_run` is the longest run of
+missing readings ending inside that day, counted from where it began (maybe the day
+before), so a score for day d never looks past day d.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def day_features(
+    matrix: np.ndarray,  # float32 [twins, intervals], NaN missing
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    night_slot: np.ndarray,  # bool [slots]: slots of the night window
+    slot: np.ndarray,  # int64 [intervals]: slot of day of each interval
+    span_ptr: np.ndarray,  # int64 [twins + 1]: twin c's excused spans are span_ptr[c]:span_ptr[c + 1]
+    span_lo: np.ndarray,  # int64 [spans]: first interval of a span (supply cut: zeros are expected)
+    span_hi: np.ndarray,  # int64 [spans]: first interval after it; spans of a twin sorted, disjoint
+    missing: np.ndarray,  # int32 [twins, days] out: missing readings
+    silent_run: np.ndarray,  # int32 [twins, days] out: longest run of missing readings reaching into the day
+    zero_run: np.ndarray,  # int32 [twins, days] out: longest run of exact zeros outside spans reaching into the day
+    negative: np.ndarray,  # float32 [twins, days] out: sum of |negative readings|
+    rate_max: np.ndarray,  # float32 [twins, days] out: largest reading / (1 + missing readings before it); NaN none
+    total: np.ndarray,  # float64 [twins, days] out: sum of readings, missing as 0
+    night_min: np.ndarray,  # float32 [twins, days] out: smallest night reading (not after a gap); NaN none
+) -> None:
+    """Per twin per day: missing counts and runs, zero runs, negatives, the largest
+    gap-normalised reading (a catch-up after k missing intervals counts as its mean over
+    k + 1), the total, and the smallest reading in the night window."""
+    n_twins = matrix.shape[0]
+    n_days = day_bounds.shape[0] - 1
+    for c in prange(n_twins):
+        nan_run = 0
+        zeros = 0
+        j = span_ptr[c]
+        j_end = span_ptr[c + 1]
+        for d in range(n_days):
+            miss = 0
+            best_silent = 0
+            best_zero = 0
+            neg = 0.0
+            peak = np.nan
+            acc = 0.0
+            night = np.nan
+            for i in range(day_bounds[d], day_bounds[d + 1]):
+                while j < j_end and span_hi[j] <= i:
+                    j += 1
+                excused = j < j_end and span_lo[j] <= i
+                v = matrix[c, i]
+                if v != v:
+                    miss += 1
+                    nan_run += 1
+                    zeros = 0
+                    if nan_run > best_silent:
+                        best_silent = nan_run
+                    continue
+                rate = v / (nan_run + 1)
+                if not rate <= peak:  # NaN peak: first reading
+                    peak = rate
+                if night_slot[slot[i]] and nan_run == 0 and not v >= night:
+                    night = v
+                nan_run = 0
+                acc += v
+                if v < 0:
+                    neg -= v
+                if v == 0 and not excused:
+                    zeros += 1
+                    if zeros > best_zero:
+                        best_zero = zeros
+                else:
+                    zeros = 0
+            missing[c, d] = miss
+            silent_run[c, d] = best_silent
+            zero_run[c, d] = best_zero
+            negative[c, d] = neg
+            rate_max[c, d] = peak
+            total[c, d] = acc
+            night_min[c, d] = night
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def span_day_sums(
+    matrix: np.ndarray,  # float32 [twins, intervals]
+    span_col: np.ndarray,  # int64 [spans]: twin of each span
+    span_lo: np.ndarray,  # int64 [spans]: first interval
+    span_hi: np.ndarray,  # int64 [spans]: first interval after
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    sums: np.ndarray,  # float64 [spans, days] out: sum of readings (missing as 0) of the span inside each day
+    counts: np.ndarray,  # int32 [spans, days] out: intervals of the span inside each day
+) -> None:
+    """What each span of intervals (a valve closed, say) recorded, split by day."""
+    n_days = day_bounds.shape[0] - 1
+    for s in prange(span_col.shape[0]):
+        c = span_col[s]
+        for d in range(n_days):
+            lo = max(span_lo[s], day_bounds[d])
+            hi = min(span_hi[s], day_bounds[d + 1])
+            acc = 0.0
+            n = 0
+            for i in range(lo, hi):
+                v = matrix[c, i]
+                n += 1
+                if v == v:
+                    acc += v
+            sums[s, d] = acc
+            counts[s, d] = max(n, 0)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def schedule_scores(
+    matrix: np.ndarray,  # float32 [twins, intervals]
+    cols: np.ndarray,  # int64 [k]: the twins to score (shared circuits)
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    slot: np.ndarray,  # int64 [intervals]
+    n_slots: int,
+    on_share: float,  # a reading above on_share x the twin's largest reading counts as on
+    off_share: float,  # a slot on in at most this share of the baseline days is an off slot
+    threshold_h: float,  # a day scoring this or more is left out of the baseline
+    interval_h: float,
+    scores: np.ndarray,  # float32 [k, days] out: hours on in off slots; NaN without a baseline
+    off_slots: np.ndarray,  # int32 [k, days] out: off slots of the learned schedule
+) -> None:
+    """Off-schedule: learn each circuit's schedule from its earlier days (the share of days
+    each slot of the day was on), then count the hours it was on in slots that were off.
+    Days that score at or above the threshold do not teach the schedule."""
+    n_days = day_bounds.shape[0] - 1
+    for k in prange(cols.shape[0]):
+        c = cols[k]
+        top = 0.0
+        for i in range(matrix.shape[1]):
+            v = matrix[c, i]
+            if v > top:
+                top = v
+        level = on_share * top
+        on_days = np.zeros(n_slots, dtype=np.int64)
+        seen_days = np.zeros(n_slots, dtype=np.int64)
+        for d in range(n_days):
+            lo, hi = day_bounds[d], day_bounds[d + 1]
+            hours = 0.0
+            n_off = 0
+            any_base = False
+            for i in range(lo, hi):
+                s = slot[i]
+                if seen_days[s] > 0:
+                    any_base = True
+                    if on_days[s] <= off_share * seen_days[s]:
+                        n_off += 1
+                        v = matrix[c, i]
+                        if v > level and top > 0:
+                            hours += interval_h
+            off_slots[k, d] = n_off
+            scores[k, d] = hours if any_base else np.nan
+            if not (hours >= threshold_h):
+                for i in range(lo, hi):
+                    v = matrix[c, i]
+                    if v == v:
+                        s = slot[i]
+                        seen_days[s] += 1
+                        if v > level and top > 0:
+                            on_days[s] += 1
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def trip_quanta(
+    matrix: np.ndarray,  # float32 [twins, intervals]
+    cols: np.ndarray,  # int64 [k]: the twins (elevators)
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    tolerance: float,  # an excess below this (kWh) is noise, not a trip
+    floor: np.ndarray,  # float32 [k, days] out: smallest reading of the day (standby); NaN none
+    quantum: np.ndarray,  # float32 [k, days] out: smallest excess over the floor above tolerance; NaN none
+) -> None:
+    """Energy of one trip: an interval's energy is standby plus whole trips, so the
+    smallest step above the day's floor (its quietest interval) is one trip's energy."""
+    n_days = day_bounds.shape[0] - 1
+    for k in prange(cols.shape[0]):
+        c = cols[k]
+        for d in range(n_days):
+            lo, hi = day_bounds[d], day_bounds[d + 1]
+            low = np.inf
+            for i in range(lo, hi):
+                v = matrix[c, i]
+                if v < low:
+                    low = v
+            step = np.inf
+            for i in range(lo, hi):
+                e = matrix[c, i] - low
+                if e > tolerance and e < step:
+                    step = e
+            floor[k, d] = low if low < np.inf else np.nan
+            quantum[k, d] = step if step < np.inf else np.nan
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def drift_ratios(
+    quantum: np.ndarray,  # float32 [k, days]
+    threshold: float,  # a ratio at or above 1 + threshold keeps the day out of the baseline
+    baseline_days: int,  # how many earlier unflagged days make the baseline (median)
+    ratio: np.ndarray,  # float32 [k, days] out: quantum / median of the baseline; NaN without one
+    base: np.ndarray,  # float32 [k, days] out: the baseline used
+) -> None:
+    """Each day's trip energy against the median of up to `baseline_days` earlier days that
+    were not themselves flagged (so a slow drift cannot teach itself as normal)."""
+    n_days = quantum.shape[1]
+    for k in prange(quantum.shape[0]):
+        kept = np.empty(n_days, dtype=np.float64)
+        n = 0
+        for d in range(n_days):
+            q = quantum[k, d]
+            if n > 0:
+                m = np.median(kept[max(0, n - baseline_days):n])
+                base[k, d] = m
+                ratio[k, d] = q / m if m > 0 else np.nan
+            else:
+                base[k, d] = np.nan
+                ratio[k, d] = np.nan
+            if q == q and not (ratio[k, d] >= 1.0 + threshold):
+                kept[n] = q
+                n += 1
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def shift_ratios(
+    adjusted: np.ndarray,  # float64 [twins, days]: day totals divided by the peers' day factor; NaN missing
+    baseline_days: int,  # days before the run that make the baseline (median)
+    sustain_days: int,  # days the change must last
+    min_base: float,  # a baseline below this makes no ratio (a meter that uses nothing)
+    low: np.ndarray,  # float32 [twins, days] out: smallest ratio over the last sustain_days days
+    high: np.ndarray,  # float32 [twins, days] out: largest ratio over them
+) -> None:
+    """Sudden sustained change: the last `sustain_days` days (to day d) against the median
+    of the `baseline_days` days before them. A rise shows as low > 1, a fall as high < 1."""
+    n_days = adjusted.shape[1]
+    for c in prange(adjusted.shape[0]):
+        window = np.empty(baseline_days, dtype=np.float64)
+        for d in range(n_days):
+            first = d - sustain_days + 1
+            low[c, d] = np.nan
+            high[c, d] = np.nan
+            if first - 1 < 0:
+                continue
+            n = 0
+            for b in range(max(0, first - baseline_days), first):
+                v = adjusted[c, b]
+                if v == v:
+                    window[n] = v
+                    n += 1
+            if n < 2:
+                continue
+            m = np.median(window[:n])
+            if not m >= min_base:
+                continue
+            lo = np.inf
+            hi = -np.inf
+            for k in range(first, d + 1):
+                r = adjusted[c, k] / m
+                if r != r:
+                    lo = np.nan
+                    break
+                lo = min(lo, r)
+                hi = max(hi, r)
+            if lo == lo:
+                low[c, d] = lo
+                high[c, d] = hi
