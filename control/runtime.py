@@ -410,9 +410,10 @@ class Platform:
                 last_save = time.monotonic()
             await asyncio.sleep(max(0.0, TICK_S - (time.monotonic() - started)))
 
-    async def serve(self, host: str = "127.0.0.1", port: int = 8050) -> None:
-        """Run the platform and its HTTP server until SIGINT or SIGTERM, then save and
-        close cleanly."""
+    async def serve(self, host: str = "127.0.0.1", port: int = 8050, opcua_port: int | None = None,
+                    opcua_anonymous: bool = False) -> None:
+        """Run the platform and its HTTP server (and the OPC UA server when `opcua_port` is
+        given; 0 picks a free port) until SIGINT or SIGTERM, then save and close cleanly."""
         import uvicorn
 
         from control.api.app import create_app
@@ -427,6 +428,11 @@ class Platform:
         self.notifier.start()
         self.topups = TopUpBatcher(self.ledger, self.now)
         self.topups.start()
+        opcua = None
+        if opcua_port is not None:
+            from control.opcua_link import start_opcua
+
+            opcua = await start_opcua(self, opcua_port, opcua_anonymous, host)
         loop_task = asyncio.create_task(self.run_loop())
         # the world, scenario and tables are long-lived: keep them out of every collection, or a
         # full collection pauses the loop for tens of ms under load (p99 of top-ups 86 -> 33 ms)
@@ -437,6 +443,8 @@ class Platform:
         finally:
             self.stopping = True
             await loop_task
+            if opcua is not None:
+                await opcua.stop()
             await self.topups.stop()
             await self.notifier.stop()
             self.save()
