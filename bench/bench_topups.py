@@ -171,7 +171,7 @@ def start_platform(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     """`metertwin run` of the demo on a free port, once it answers."""
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "control.cli", "run", "scenarios/demo-community.toml",
-                             "--data", str(data), "--port", str(port)], cwd=ROOT,
+                             "--data", str(data), "--port", str(port), "--no-opcua"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     for _ in range(600):

@@ -45,7 +45,7 @@ class Running:
         self.log = (data.parent / f"run-{self.port}.log").open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "control.cli", "run", str(scenario), "--data", str(data), "--port", str(self.port),
-             "--speed", "300", "--start", "2026-03-02T18:00", *extra],
+             "--speed", "300", "--start", "2026-03-02T18:00", "--no-opcua", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.wait_until(lambda: self.get("/api/health").status_code == 200, "the server to answer")
 
