@@ -63,6 +63,12 @@ The format, by example (every table but [site] and [[buildings]] is optional)::
     url = "modbus://10.0.3.17:502/1"  # or modbus+tls://HOST:PORT/UNIT, rtu:///dev/ttyUSB0/UNIT?baud=9600
     model = "sdm630"              # a register map of devices/modbus/maps/, or a path to one
 
+    [[opcua]]                     # a twin kept in sync from an OPC UA server (subscriptions)
+    twin = "B02.mm"
+    url = "opc.tcp://10.0.3.20:4840"
+    nodes = { energy_kwh = "ns=2;s=Meter7.Energy", power_w = "ns=2;s=Meter7.Power" }   # reported fields
+    methods = { relay_open = ["ns=2;s=Meter7", "ns=2;s=Meter7.Trip"] }   # else a command writes the node
+
     [[inject]]                    # a fault or theft on one twin
     twin = "B02-05-01.wm"
     kind = "leak"
@@ -99,9 +105,12 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from devices.modbus.maps import MapError, load_map
 from scenarios.schema import (
     INJECTION_PARAMS,
+    NODE_ID_RE,
+    OPCUA_ACTIONS,
     InfluxSettings,
     Injection,
     ModbusSource,
+    OpcUaSource,
     ProfileClass,
     RandomInjections,
     Residents,
@@ -110,6 +119,7 @@ from scenarios.schema import (
 )
 from twin.fees import FeeError, parse_apportionments, parse_fee_items
 from twin.model import Account, Building, Floor, Kind, Room, Site, TwinSpec
+from twin.state import FIELDS
 from twin.tariffs import TariffError, parse_tariff
 
 INTERVALS = {"1min": 60, "5min": 300, "10min": 600, "15min": 900, "30min": 1800, "1h": 3600, "1d": 86400}
@@ -326,7 +336,7 @@ PROFILE_RULES = {
     "away_prob": (lambda v: 0 <= v < 1, "away_prob must be in [0, 1)"),
 }
 TOP_KEYS = ("site", "profiles", "tariffs", "fee_items", "apportion", "buildings", "rooms", "inject",
-            "random_inject", "residents", "modbus", "influx")
+            "random_inject", "residents", "modbus", "influx", "opcua")
 RESIDENT_KEYS = ("opening_yuan", "topup_below_yuan", "topup_delay_hours", "topup_yuan", "billing")
 
 
@@ -426,8 +436,54 @@ def _build(doc: dict[str, Any], r: _Reader, path: str) -> Scenario:
         raise r.fail(_fee_path(str(err)), str(err).split(": ", 1)[1]) from None
     modbus = _modbus_sources(r, doc.get("modbus", []), site)
     influx = _influx(r, doc["influx"]) if "influx" in doc else None
+    opcua = _opcua_sources(r, doc.get("opcua", []), site, {m.twin for m in modbus})
     return Scenario(path, site, profiles, tariffs, list(fee_items), injections, randoms,
-                    INTERVALS[interval], start, days, residents, list(apportion), modbus, influx)
+                    INTERVALS[interval], start, days, residents, list(apportion), modbus, influx, opcua)
+
+
+def _opcua_sources(r: _Reader, raw: Any, site: Site, on_modbus: set[str]) -> list[OpcUaSource]:
+    """[[opcua]] tables: a twin, its server's opc.tcp:// url, `nodes` mapping reported
+    fields to node ids, and optional `methods` mapping actions to [object, method] ids."""
+    if not isinstance(raw, list):
+        raise r.fail(("opcua",), "must be an array of tables: [[opcua]]")
+    kinds = {t.id: t.kind for t in site.twins}
+    out, seen = [], set()
+    for i, table in enumerate(raw):
+        where = ("opcua", i)
+        table = r.table(table, where, ("twin", "url", "nodes", "methods"), required=("twin", "url", "nodes"))
+        twin = table["twin"]
+        if twin not in kinds:
+            raise r.fail((*where, "twin"), f"no twin {twin!r} in this site")
+        if twin in seen or twin in on_modbus:
+            raise r.fail((*where, "twin"), f"{twin} has a source already")
+        seen.add(twin)
+        url = table["url"]
+        parts = urlsplit(url) if isinstance(url, str) else None
+        if parts is None or parts.scheme != "opc.tcp" or not parts.hostname or not parts.port:
+            raise r.fail((*where, "url"), f"{url!r}: use opc.tcp://HOST:PORT, for example opc.tcp://10.0.3.20:4840")
+        fields = {name for name, _, _ in FIELDS[kinds[twin]]["reported"]}
+        nodes = r.table(table["nodes"], (*where, "nodes"), tuple(table["nodes"]) if isinstance(
+            table["nodes"], dict) else ())
+        if not nodes:
+            raise r.fail((*where, "nodes"), "map at least one field to a node id")
+        for name, node in nodes.items():
+            if name not in fields:
+                raise r.fail((*where, "nodes", name), f"{kinds[twin].value} twins report no {name!r}; "
+                                                      f"use {', '.join(sorted(fields))}")
+            if not isinstance(node, str) or not re.match(NODE_ID_RE, node):
+                raise r.fail((*where, "nodes", name),
+                             f"{node!r} is not a node id like ns=2;s=Meter1.Energy or ns=3;i=1002")
+        methods: dict[str, tuple[str, str]] = {}
+        raw_methods = table.get("methods", {})
+        actions = OPCUA_ACTIONS.get(kinds[twin].value, ())
+        for action, pair in r.table(raw_methods, (*where, "methods"), actions).items():
+            if not (isinstance(pair, list) and len(pair) == 2 and all(
+                    isinstance(p, str) and re.match(NODE_ID_RE, p) for p in pair)):
+                raise r.fail((*where, "methods", action), "give [object node id, method node id], "
+                                                          'for example ["ns=2;s=Meter1", "ns=2;s=Meter1.Trip"]')
+            methods[action] = (pair[0], pair[1])
+        out.append(OpcUaSource(twin, url, dict(nodes), methods))
+    return out
 
 
 def _influx(r: _Reader, raw: Any) -> InfluxSettings:

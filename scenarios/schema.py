@@ -202,6 +202,25 @@ class InfluxSettings:
             raise ValueError("org and bucket must not be empty")
 
 
+#: What a mapped OPC UA method may carry out, by twin kind (the control core's operator actions).
+OPCUA_ACTIONS: dict[str, tuple[str, ...]] = {"electric_meter": ("relay_open", "relay_close"),
+                                              "valve": ("valve_open", "valve_close")}
+#: A node id as OPC UA writes it: ns=2;s=Meter1.Energy, ns=3;i=1002, i=2258, ns=2;g=<uuid>, ns=2;b=<base64>.
+NODE_ID_RE = r"^(ns=\d+;)?(i=\d+|s=.+|g=[0-9A-Fa-f]{8}(-[0-9A-Fa-f]{4}){3}-[0-9A-Fa-f]{12}|b=.+)$"
+
+
+@dataclass(frozen=True, slots=True)
+class OpcUaSource:
+    """A twin kept in sync from an external OPC UA server: its reported fields follow the
+    mapped nodes; a command writes the node mapped to its field, or calls the mapped method.
+    Example: ``OpcUaSource("B01.mm", "opc.tcp://10.0.3.20:4840", {"energy_kwh": "ns=2;s=M1.Energy"})``."""
+
+    twin: str  #: twin id
+    url: str  #: opc.tcp://HOST:PORT[/path]
+    nodes: dict[str, str]  #: reported field -> node id
+    methods: dict[str, tuple[str, str]] = field(default_factory=dict)  #: action -> (object node id, method node id)
+
+
 @dataclass(frozen=True, slots=True)
 class Scenario:
     """A loaded scenario: the site plus what drives its simulation."""
@@ -220,3 +239,4 @@ class Scenario:
     apportion: list[dict[str, Any]] = field(default_factory=list)  #: common-area apportionments, as written
     modbus: list[ModbusSource] = field(default_factory=list)  #: twins polled from Modbus hardware
     influx: InfluxSettings | None = None  #: the InfluxDB sink, None: off (the environment may still set it)
+    opcua: list[OpcUaSource] = field(default_factory=list)  #: twins kept in sync from OPC UA servers
