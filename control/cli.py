@@ -31,6 +31,13 @@ examples:
   metertwin run scenarios/district-10k.toml --speed 120 --data /srv/mt --port 8060
   metertwin run --start 2026-07-01                # a summer day, from midnight
   metertwin run --opcua-port 4841 --opcua-anonymous   # OPC UA elsewhere, plus a read-only anonymous endpoint
+  metertwin run --no-modbus                       # twins fed straight from the world, no Modbus hop
+  metertwin emulate scenarios/demo-community.toml --modbus-port 5020 &     # the hardware, apart
+  metertwin run --gateways 127.0.0.1:5020,127.0.0.1:5021,...   # ...polled by the platform
+
+The twins are polled over Modbus TCP: the world's gateways listen on free loopback ports
+(or --gateways names a separate emulate's), and [[modbus]] sources in the scenario point
+twins at real hardware.
 
 On first start it makes an admin user and an admin API key, prints both once and writes
 them to DATA/admin.password and DATA/admin.key (owner-only). A restart with the same
@@ -144,6 +151,19 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-opcua", action="store_true", help="no OPC UA server")
     run.add_argument("--opcua-anonymous", action="store_true",
                      help="also an anonymous, read-only endpoint without security (trusted networks only)")
+    run.add_argument("--no-modbus", action="store_true",
+                     help="feed the twins straight from the simulated world, without the Modbus hop (load tests "
+                          "at full speed); by default they are polled over Modbus TCP on loopback")
+    run.add_argument("--gateways", default=None, metavar="LIST",
+                     help="poll a separate `metertwin emulate` (or real gateways laid out like it) instead of "
+                          "serving our own world: HOST:PORT[,modbus+tls://HOST:PORT][,rtu:///dev/pts/N?baud=9600], "
+                          "in the order emulate prints")
+    run.add_argument("--modbus-tls", default=None, metavar="DIR",
+                     help="CA and client certificate for modbus+tls gateways (the DIR given to emulate --tls)")
+    run.add_argument("--poll", type=float, default=2.0, metavar="S",
+                     help="wall seconds between Modbus poll cycles (default 2)")
+    run.add_argument("--per-gateway", type=int, default=200, metavar="N",
+                     help="units per gateway, as given to a separate emulate (default 200)")
 
     bill = commands.add_parser(
         "bill", help="bill a stored history under the scenario's tariffs (CSV on stdout)",
@@ -204,13 +224,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     import asyncio
     import logging
 
-    from control.runtime import Platform
+    from control.modbus_link import parse_gateways
+    from control.runtime import ModbusOptions, Platform
 
+    modbus = None
+    if not args.no_modbus:
+        if not args.poll > 0:
+            raise ValueError(f"--poll must be > 0 seconds, not {args.poll}")
+        modbus = ModbusOptions(parse_gateways(args.gateways) if args.gateways else [], args.modbus_tls,
+                               args.poll, args.per_gateway)
+    elif args.gateways:
+        raise ValueError("--gateways needs Modbus: drop --no-modbus")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     print(f"metertwin: loading {args.scenario} (data in {args.data})", file=sys.stderr)
     platform = Platform(args.scenario, args.data, speed=args.speed, start=args.start, seed=args.seed,
-                        webhooks=args.webhook)
+                        webhooks=args.webhook, modbus=modbus)
     if platform.world.now_s > 0:
         print(f"metertwin: resumed the world at {platform.health()['sim_time']} "
               f"(replayed in {platform.replay_seconds:.1f}s)", file=sys.stderr)

@@ -26,7 +26,7 @@ import signal
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
 from zoneinfo import ZoneInfo
@@ -39,18 +39,21 @@ from control.billing import LiveBilling
 from control.commands import Command, CommandBook
 from control.influx import sink_for
 from control.meter_billing import MeterBilling
+from control.modbus_link import GatewayAddress, ModbusDevice, ModbusLink
 from control.month_close import Closed, MonthClose
 from control.notify import Notifier
 from control.payments import load_secrets
 from control.policies import AccountPolicyState, PolicySettings, PrepaidPolicy
 from control.store import Store
 from control.topups import TopUpBatcher
+from devices.modbus.emulator import WorldSource
 from devices.sim.world import DayResult, World
 from scenarios.loader import load_scenario
 from twin.alarms import Alarm, AlarmBook, Severity
 from twin.history import HistoryWriter, Topology
 from twin.ledger import Ledger
 from twin.model import Kind
+from twin.state import FleetState
 
 log = logging.getLogger("metertwin")
 
@@ -93,6 +96,16 @@ class SimClock:
         return self.base_sim + (time.monotonic() - self.base_wall) * self.speed
 
 
+@dataclass
+class ModbusOptions:
+    """How `metertwin run` reaches its twins over Modbus (see control/modbus_link.py)."""
+
+    addresses: list[GatewayAddress] = field(default_factory=list)  #: a separate emulator's gateways; [] serves our own
+    tls_dir: str | None = None  #: CA and client certificate for Modbus/TCP Security
+    poll_s: float = 2.0  #: wall seconds between poll cycles
+    per_gateway: int = 200  #: units per emulated gateway (must match a separate emulator's)
+
+
 class RecordingDevice:
     """The command path's device: writes go to the world and are kept for replay."""
 
@@ -108,6 +121,23 @@ class RecordingDevice:
         world.write(twin_id, field, value, source)
 
 
+class RecordingSource(WorldSource):
+    """The world as the emulated gateways see it: a control write is recorded for replay
+    after a restart, then applied under the world's lock."""
+
+    def __init__(self, platform: Platform) -> None:
+        super().__init__(platform.world)
+        self.platform = platform
+
+    def write(self, twin_id: str, field: str, value: int, source: str) -> None:
+        """Record the write at the world's time, then apply it."""
+        with self.lock:
+            with self.platform.store.write() as db:
+                db.execute("INSERT INTO world_writes(sim_s, twin, field, value, source) VALUES (?, ?, ?, ?, ?)",
+                           (self.world.now_s, twin_id, field, value, source))
+            self.world.write(twin_id, field, value, source)
+
+
 def aligned_now(timezone: str, interval_s: int) -> datetime:
     """The current site-local time, rounded down to an interval boundary (naive)."""
     now = int(time.time())
@@ -120,7 +150,7 @@ class Platform:
 
     def __init__(self, scenario_path: str, data_dir: str | Path, *, speed: float = 60.0,
                  start: datetime | None = None, seed: int = 0, webhooks: list[str] | None = None,
-                 billing_tick_s: float = 86400.0) -> None:
+                 billing_tick_s: float = 86400.0, modbus: ModbusOptions | None = None) -> None:
         self.data = Path(data_dir)
         self.data.mkdir(parents=True, exist_ok=True)
         self.scenario_path = scenario_path
@@ -154,12 +184,26 @@ class Platform:
         self.influx = sink_for(self.scenario.influx, self.data, topology, self.data / "ledger.sqlite")
         self.alarms = AlarmBook(self.store.load_alarms())
         valves = {t.id: t.valve_of for t in self.scenario.site.twins if t.kind is Kind.VALVE and t.valve_of}
-        self.commands = CommandBook(self.store, self.world.state, RecordingDevice(self), valves,
-                                    self.world.interval_s, self._command_problem)
+        self.modbus: ModbusLink | None = None
+        #: the twins as the platform knows them: the world's own state when it feeds them
+        #: directly, or what the collector last read over Modbus
+        self.state: FleetState = self.world.state
+        self.source = RecordingSource(self)  #: the world as hardware: writes recorded for replay, under its lock
+        device: RecordingDevice | ModbusDevice = RecordingDevice(self)
+        if modbus is not None:
+            self.state = FleetState.from_site(self.scenario.site)
+            self.modbus = ModbusLink(
+                self.scenario.site, self.state, [c.id for c in topology.columns], self.world.interval_s, self.now,
+                own_world=None if modbus.addresses else self.source, addresses=modbus.addresses,
+                sources=self.scenario.modbus, tls_dir=modbus.tls_dir, per_gateway=modbus.per_gateway,
+                poll_s=modbus.poll_s)
+            device = ModbusDevice(self.modbus)
+        self.commands = CommandBook(self.store, self.state, device, valves, self.world.interval_s,
+                                    self._command_problem)
         self.batch = TaskBook(self.store, self.scenario.site, self.commands)
         self._setup_billing()
         replay_started = time.perf_counter()
-        self.world.begin(self._on_day)
+        self.world.begin(self._on_day if self.modbus is None else lambda day: None)
         self.world.advance_to(resume_s)
         self.replay_seconds = time.perf_counter() - replay_started
         self.commands.resume(self.now())
@@ -187,6 +231,12 @@ class Platform:
     def now(self) -> float:
         """Platform time: the world's clock as UTC epoch seconds."""
         return self.world.start_utc + self.world.now_s
+
+    def set_speed(self, speed: float) -> None:
+        """Go on from the simulated time reached at `speed` simulated seconds per wall
+        second (0 holds the clock)."""
+        self.clock = SimClock(self.clock.sim_s(), speed)
+        self.speed = speed
 
     def wall_now(self) -> float:
         """Wall-clock UTC: payment providers sign with real time, whatever the world's speed."""
@@ -245,6 +295,11 @@ class Platform:
                     self.ledger.top_up(f"opening:{meter}", account, opening, at=float(self.world.start_utc))
 
     def _on_interval(self, start_utc: int, reported: np.ndarray) -> None:
+        if self.modbus is not None:
+            return  # the world is the hardware: intervals come from what the collector reads
+        self._bill_interval(start_utc, reported)
+
+    def _bill_interval(self, start_utc: int, reported: np.ndarray) -> None:
         if self.influx is not None:  # every closed interval, replays skipped by the sink
             self.influx.add_interval(start_utc, reported)
         if start_utc + self.world.interval_s > self.posted_until:  # replayed intervals were posted already
@@ -273,11 +328,11 @@ class Platform:
         mb = self.meter_billing
         assert mb is not None
         pushing = {c.twin for c in self.commands.open.values() if c.action == "credit_push"}
-        for twin, total in mb.unpushed(self.world.state):
+        for twin, total in mb.unpushed(self.state):
             if twin not in pushing:
                 self.commands.create(twin, "credit_push", by="platform: resend", source="platform", now=now,
                                      value=total)
-        for m in mb.reconcile(self.world.state, fresh_after=now - 2 * self.world.interval_s):
+        for m in mb.reconcile(self.state, fresh_after=now - 2 * self.world.interval_s):
             if m.twin in pushing:
                 continue  # credit on its way: the figures cannot agree yet
             if m.over:
@@ -332,6 +387,24 @@ class Platform:
     def _on_day(self, day: DayResult) -> None:
         self.history.append(day.first_utc, day.reported)
 
+    def _collected(self, now: float) -> None:
+        """Modbus mode: store and bill the intervals the collector closed; alarms for units
+        that went offline or came back, and for values it refused."""
+        assert self.modbus is not None
+        closed, events = self.modbus.drain(now)
+        for start, row in closed:
+            self.history.append(start, row[None, :].astype(np.float32))
+            self._bill_interval(start, row)
+        for event in events:
+            if event.kind == "online":
+                cleared = self.alarms.clear_subject("offline", twin=event.twin, at=event.at)
+                if cleared is not None:
+                    self.alarm_changed(cleared, "cleared")
+                continue
+            alarm, new = self.alarms.raise_(event.kind, twin=event.twin, at=event.at,
+                                            severity=Severity.WARNING, evidence=event.evidence)
+            self.alarm_changed(alarm, "raised" if new else "repeated")
+
     def _command_problem(self, command: Command) -> None:
         alarm, new = self.alarms.raise_(
             "command_failed" if command.state.value == "failed" else "command_expired",
@@ -346,7 +419,7 @@ class Platform:
         report again."""
         limit = now - 2 * self.world.interval_s
         for kind in (Kind.ELECTRIC_METER, Kind.WATER_METER):
-            table = self.world.state.tables[kind]
+            table = self.state.tables[kind]
             stamps = table.stamps["reported"]
             for row, twin_id in enumerate(table.ids):
                 if stamps[row] and stamps[row] < limit:
@@ -377,8 +450,10 @@ class Platform:
             await asyncio.to_thread(self._tick, self.clock.sim_s())
 
     def _tick(self, target: float) -> None:
-        self.world.advance_to(target)
+        self.source.advance_to(target)
         now = self.now()
+        if self.modbus is not None:
+            self._collected(now)
         self.commands.check(now)
         self.batch.run_due(now)
         for task in self.tasks:
@@ -428,6 +503,10 @@ class Platform:
         self.notifier.start()
         self.topups = TopUpBatcher(self.ledger, self.now)
         self.topups.start()
+        if self.modbus is not None:
+            await self.modbus.start()
+            for line in self.modbus.describe():
+                log.info("polling %s", line)
         opcua = None
         if opcua_port is not None:
             from control.opcua_link import start_opcua
@@ -445,6 +524,8 @@ class Platform:
             await loop_task
             if opcua is not None:
                 await opcua.stop()
+            if self.modbus is not None:
+                await self.modbus.stop()
             await self.topups.stop()
             await self.notifier.stop()
             self.save()
@@ -469,6 +550,7 @@ class Platform:
             "open_commands": len(self.commands.open), "uptime_s": round(time.time() - self.started_wall, 1),
             "replay_s": round(self.replay_seconds, 2), "webhooks": self.notifier.status(),
             "months_closed": self.month_close.closed or None,
+            "modbus": self.modbus.status() if self.modbus is not None else None,
             "influx": self.influx.status() if self.influx is not None else None,
             "tasks": [{"name": t.name, "every_s": t.every_s, "runs": t.runs, "last_error": t.last_error}
                       for t in self.tasks],

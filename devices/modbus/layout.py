@@ -7,7 +7,8 @@ order, so the same scenario always gives the same layout. The model of each twin
     electric sub-meter, 1 phase    metertwin-pm1   (prepaid single-phase)
     electric sub-meter, 3 phases   metertwin-pm3   (three-phase)
     electric master meter          sdm630          (Eastron SDM630, float32)
-    water meter (sub or master)    metertwin-wm1   (with its valve, if it has one)
+    water sub-meter                metertwin-wm1   (with its valve, if it has one)
+    water master meter             metertwin-wm80  (bulk DN80, the same registers)
     elevator                       metertwin-el1
     shared circuit                 metertwin-sc1
 
@@ -58,6 +59,8 @@ def model_of(twin: TwinSpec) -> str:
         if twin.role == "master":
             return "sdm630"
         return "metertwin-pm3" if twin.phases == 3 else "metertwin-pm1"
+    if twin.kind is Kind.WATER_METER and twin.role == "master":
+        return "metertwin-wm80"
     return {Kind.WATER_METER: "metertwin-wm1", Kind.ELEVATOR: "metertwin-el1",
             Kind.SHARED_CIRCUIT: "metertwin-sc1"}[twin.kind]
 

@@ -27,9 +27,19 @@ import simpy
 from numba import njit, prange
 
 from devices.sim import kernels, profiles
-from devices.sim.injections import PHYSICAL, WHOLE_DAY_REPORTS, Resolved, apply_reporting, resolve, window_times
+from devices.sim.injections import (
+    PHYSICAL,
+    WHOLE_DAY_REPORTS,
+    WHOLE_DAYS,
+    Resolved,
+    apply_reporting,
+    check_target,
+    draw_params,
+    resolve,
+    window_times,
+)
 from devices.sim.prepaid import PrepaidMeters, meter_price_fen, resident_process
-from devices.sim.rng import DAILY, NOISE, SIZE, WATER, normal, twin_keys, uniform
+from devices.sim.rng import DAILY, INJECT, NOISE, SIZE, WATER, key_for, normal, twin_keys, uniform
 from scenarios.schema import ProfileClass, Scenario
 from twin.model import Kind, TwinSpec
 from twin.state import FleetState
@@ -136,6 +146,9 @@ class World:
             raise ValueError("a run needs at least one interval: raise --days")
         self.days = self.run_steps / self.spd
         self.state = FleetState.from_site(self.site)
+        grid = self.state.tables[Kind.ELECTRIC_METER].faces["reported"]  # the grid's figures from the start:
+        grid["voltage_v"][:], grid["frequency_hz"][:], grid["power_factor"][:] = 220.0, 50.0, 0.95  # a meter
+        grid["current_a"][:] = 0.0  # polled before the first step reads them, not NaN
         #: live: twins are fed every interval (power every step), and the fleet moves one step
         #: at a time so a command acts from the next step; headless: a day at a time, fast
         self.live = live
@@ -284,6 +297,8 @@ class World:
             self.set_valve(twin_id, bool(value), source)
         elif field == "purchased_fen":
             self.push_credit(twin_id, int(value), source)
+        elif field.startswith("inject:"):
+            self.inject(twin_id, field[len("inject:"):], float(value), source)
         else:
             raise KeyError(f"{field!r} is not a control point of the simulated world")
 
@@ -333,6 +348,34 @@ class World:
         kind, srow = self.state.locate(valve_id)
         self.state.report(kind, np.array([srow]), self.now_utc(), open=int(open_))
         self.events.append(Event(self.now_utc(), valve_id, "valve", "open" if open_ else "closed", source))
+
+    def inject(self, twin_id: str, kind: str, duration_s: float, source: str = "operator") -> Resolved:
+        """Start a fault or theft on a twin now, for `duration_s` simulated seconds, with its
+        default parameters (random ones drawn from the seed, the twin and how many live
+        injections came before, so a replay draws the same). The window starts at the
+        current interval's start (a whole-day theft at the current day's) and ends on an
+        interval boundary. As a control point: ``write(twin, "inject:leak", 86400, who)``.
+        ValueError when the kind does not apply to the twin."""
+        spec = self._spec_of.get(twin_id) if hasattr(self, "_spec_of") else None
+        if spec is None:
+            self._spec_of = {t.id: t for t in self.site.twins}
+            spec = self._spec_of.get(twin_id)
+        if spec is None:
+            raise ValueError(f"no twin {twin_id!r} in this site")
+        check_target(kind, spec)
+        if not duration_s > 0:
+            raise ValueError(f"{kind} on {twin_id}: the duration must be above 0 seconds, not {duration_s}")
+        step = int(self.now_s // self.step_s)
+        unit = self.spd if kind in WHOLE_DAYS else self.spi
+        start = (step // unit) * unit
+        end = max(-(-(step + int(duration_s // self.step_s)) // self.spi) * self.spi, start + self.spi)
+        live = sum(1 for inj in self.injections if inj.extra.get("live"))
+        key = key_for(f"{twin_id}/{kind}/live{live}", self.seed, INJECT)
+        inj = Resolved(twin_id, kind, self.column_of[twin_id], self.group_row[twin_id], start, end,
+                       draw_params(kind, {}, key), key, extra={"live": 1.0})
+        self.injections.append(inj)
+        self.env.process(self._injection(inj, source))
+        return inj
 
     def site_kind(self, twin_id: str) -> Kind:
         """The kind of a twin of this site."""
@@ -407,15 +450,15 @@ class World:
             if stop % self.spd == 0 or stop == self.run_steps:
                 self._close_day()
 
-    def _injection(self, inj: Resolved):  # type: ignore[no-untyped-def]
-        """Start and end one injection at its window's edges."""
-        yield self.env.timeout(inj.start_step * self.step_s)
+    def _injection(self, inj: Resolved, source: str = "scenario"):  # type: ignore[no-untyped-def]
+        """Start and end one injection at its window's edges (a live one starts now)."""
+        yield self.env.timeout(max(0.0, inj.start_step * self.step_s - self.env.now))
         self._apply_physical(inj, True)
-        self.events.append(Event(self.now_utc(), inj.twin, "inject_start", inj.kind, "scenario"))
+        self.events.append(Event(self.now_utc(), inj.twin, "inject_start", inj.kind, source))
         if inj.end_step < self.run_steps:
-            yield self.env.timeout((inj.end_step - inj.start_step) * self.step_s)
+            yield self.env.timeout(max(0.0, inj.end_step * self.step_s - self.env.now))
             self._apply_physical(inj, False)
-            self.events.append(Event(self.now_utc(), inj.twin, "inject_end", inj.kind, "scenario"))
+            self.events.append(Event(self.now_utc(), inj.twin, "inject_end", inj.kind, source))
 
     def _apply_physical(self, inj: Resolved, begin: bool) -> None:
         sign = 1.0 if begin else -1.0
