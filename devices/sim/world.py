@@ -356,10 +356,7 @@ class World:
         current interval's start (a whole-day theft at the current day's) and ends on an
         interval boundary. As a control point: ``write(twin, "inject:leak", 86400, who)``.
         ValueError when the kind does not apply to the twin."""
-        spec = self._spec_of.get(twin_id) if hasattr(self, "_spec_of") else None
-        if spec is None:
-            self._spec_of = {t.id: t for t in self.site.twins}
-            spec = self._spec_of.get(twin_id)
+        spec = next((t for t in self.site.twins if t.id == twin_id), None)
         if spec is None:
             raise ValueError(f"no twin {twin_id!r} in this site")
         check_target(kind, spec)
