@@ -66,7 +66,7 @@ Band parts plus tier surcharges make the charge. It never touches the ledger."""
 
 #: Subcommands that live in their own module: each has `add_parser(commands)`, which adds its
 #: parser and sets `handler=function(args) -> exit status` with `set_defaults`.
-SUBCOMMAND_MODULES = ["control.emulate", "control.export"]
+SUBCOMMAND_MODULES = ["control.emulate", "control.export", "control.evaluate"]
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|sec|min|m|h)?\s*$")
 

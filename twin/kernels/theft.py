@@ -1,0 +1,331 @@
+"""Theft kernels: the building energy balance at interval level, and per meter-day features
+of the consumption pattern, against the meter's own history and its building.
+
+Input is the interval matrix float32 [columns, intervals] (NaN missing) with the day cuts
+and slots of a `twin.kernels.load.Calendar`; outputs are float arrays [meters, days]. The
+Python side (`twin.theft`) turns them into one score per meter-day.
+
+The balance. A master meter reads what it feeds plus line loss, `a + (1 + c) * fed` per
+interval (a fixed loss and a loss proportional to load). `balance_sums` adds up what each
+master feeds, interval by interval, and `balance_day_fits` gives the least-squares (a, c)
+of each master-day; the Python side takes the median fit of the cleanest days (a theft
+only adds to the gap, so the days where the line fits best are the honest ones) and
+`balance_residual` leaves, per master and interval, the energy the feeds did not report,
+in units of the feeds: `(master - a) / (1 + c) - fed`. Localisation (`meter_day_features`,
+feature `BAL_CORR`): a meter that under-reports a share of its load (h1, bypass, h3) leaves
+in that residual a copy of its own interval-to-interval moves; the correlation of the
+first differences of the meter's readings with those of its master's residual is near 1
+for it and near 0 for its neighbours, whose moves are their own (differencing removes the
+daily shape all flats share). It is computed over quarter days and the best of the four
+whole-day windows ending in each quarter of a day is kept, so a theft that starts late in
+a day, or ends early, is still seen in a window that holds most of it.
+
+The pattern features, per meter and local day (index in `FEATURES`):
+- TOTAL: the day's energy (missing as 0);
+- ZERO_H: longest run of readings at or below `ZERO_KWH`, in hours (h2 switches the meter
+  off for hours; a flat that is away keeps a standby draw);
+- CV: standard deviation / mean of the day's readings (h5 makes it 0; h2, h3 raise it);
+- LAG1: lag-1 autocorrelation of the day's readings (load moves smoothly from one quarter
+  hour to the next; h3 and h4 draw a random factor per interval and break that);
+- PROFILE_CORR: correlation of the day's readings, slot by slot, with the meter's own mean
+  day over the `window` days before (h4, h5 and h6 reorder or flatten the day);
+- BAL_CORR: the balance localisation above (NaN without a master).
+CV, LAG1 and PROFILE_CORR need sub-daily data and are NaN at one reading a day.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+TOTAL, ZERO_H, CV, LAG1, PROFILE_CORR, BAL_CORR = range(6)
+FEATURES = ("total", "zero_hours", "cv", "lag1", "profile_corr", "balance_corr")
+#: A reading at or below this (kWh per interval) counts as "off" for ZERO_H.
+ZERO_KWH = 1e-4
+QUARTERS = 4
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def balance_sums(
+    matrix: np.ndarray,  # float32 [columns, intervals]
+    feed_ptr: np.ndarray,  # int64 [masters + 1]: CSR offsets into feed_cols
+    feed_cols: np.ndarray,  # int64 [feeds]: the columns each master feeds
+    out: np.ndarray,  # float64 [masters, intervals] out: sum of the feeds' readings, NaN as 0
+) -> None:
+    """Per master and interval: what the columns it feeds reported."""
+    n_t = matrix.shape[1]
+    for g in prange(feed_ptr.shape[0] - 1):
+        acc = out[g]
+        acc[:] = 0.0
+        for k in range(feed_ptr[g], feed_ptr[g + 1]):
+            row = matrix[feed_cols[k]]
+            for t in range(n_t):
+                v = row[t]
+                if v == v:
+                    acc[t] += v
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def balance_day_fits(
+    master: np.ndarray,  # float64 [masters, intervals]: the masters' readings (NaN missing)
+    fed: np.ndarray,  # float64 [masters, intervals]: balance_sums
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    out: np.ndarray,  # float64 [masters, days, 3] out: a, c, rms of master - a - (1 + c) * fed
+) -> None:
+    """Least-squares line master = a + (1 + c) * fed per master and day, over the
+    intervals with a master reading; NaN where fewer than 3 intervals or fed is constant."""
+    n_days = day_bounds.shape[0] - 1
+    for g in prange(master.shape[0]):
+        for d in range(n_days):
+            n = 0.0
+            sx = sy = sxx = sxy = 0.0
+            for t in range(day_bounds[d], day_bounds[d + 1]):
+                y = master[g, t]
+                if y == y:
+                    x = fed[g, t]
+                    n += 1.0
+                    sx += x
+                    sy += y
+                    sxx += x * x
+                    sxy += x * y
+            det = n * sxx - sx * sx
+            if n < 3.0 or det <= 1e-12 * max(n * sxx, 1e-300):
+                out[g, d, 0] = np.nan
+                out[g, d, 1] = np.nan
+                out[g, d, 2] = np.nan
+                continue
+            slope = (n * sxy - sx * sy) / det
+            a = (sy - slope * sx) / n
+            sse = 0.0
+            for t in range(day_bounds[d], day_bounds[d + 1]):
+                y = master[g, t]
+                if y == y:
+                    e = y - a - slope * fed[g, t]
+                    sse += e * e
+            out[g, d, 0] = a
+            out[g, d, 1] = slope - 1.0
+            out[g, d, 2] = np.sqrt(sse / n)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def balance_residual(
+    master: np.ndarray,  # float64 [masters, intervals]
+    fed: np.ndarray,  # float64 [masters, intervals]
+    a: np.ndarray,  # float64 [masters]
+    c: np.ndarray,  # float64 [masters]
+    out: np.ndarray,  # float64 [masters, intervals] out: (master - a) / (1 + c) - fed; NaN missing master
+) -> None:
+    """Energy the feeds did not report, per master and interval, in the feeds' units."""
+    for g in prange(master.shape[0]):
+        scale = 1.0 / (1.0 + c[g])
+        for t in range(master.shape[1]):
+            out[g, t] = (master[g, t] - a[g]) * scale - fed[g, t]
+
+
+@njit(cache=True, nogil=True)
+def _corr(sxy: float, sxx: float, syy: float) -> float:
+    if sxx <= 0.0 or syy <= 0.0:
+        return np.nan
+    return sxy / np.sqrt(sxx * syy)
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
+def meter_day_features(
+    matrix: np.ndarray,  # float32 [columns, intervals]
+    meters: np.ndarray,  # int64 [meters]: columns to score
+    residual_row: np.ndarray,  # int64 [meters]: row of `residual` for each meter's master, -1 none
+    residual: np.ndarray,  # float64 [masters, intervals]: balance_residual
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    slot: np.ndarray,  # int64 [intervals]: slot of the local day
+    n_slots: int,
+    interval_h: float,
+    window: int,  # days of own history behind PROFILE_CORR
+    out: np.ndarray,  # float64 [6, meters, days] out: FEATURES
+) -> None:
+    """The features of the module docstring for every meter and local day."""
+    n_days = day_bounds.shape[0] - 1
+    sub_daily = n_slots > 1
+    for j in prange(meters.shape[0]):
+        row = matrix[meters[j]]
+        prof = np.zeros((n_days + 1, n_slots))  # cumulative day profiles (NaN as 0)
+        seen = np.zeros((n_days + 1, n_slots))  # cumulative counts of readings
+        qs = np.zeros((n_days, QUARTERS, 3))  # per quarter: sum dx*dr, dx*dx, dr*dr
+        rrow = residual_row[j]
+        for d in range(n_days):
+            a = day_bounds[d]
+            b = day_bounds[d + 1]
+            total = 0.0
+            n = 0
+            s1 = 0.0
+            s2 = 0.0
+            run = 0
+            longest = 0
+            prof[d + 1] = prof[d]
+            seen[d + 1] = seen[d]
+            for t in range(a, b):
+                v = np.float64(row[t])
+                if v == v:
+                    total += v
+                    n += 1
+                    s1 += v
+                    s2 += v * v
+                    run = run + 1 if v <= ZERO_KWH else 0
+                    longest = max(longest, run)
+                    prof[d + 1, slot[t]] += v
+                    seen[d + 1, slot[t]] += 1.0
+                else:
+                    run = 0
+            out[TOTAL, j, d] = total
+            out[ZERO_H, j, d] = longest * interval_h
+            if sub_daily and n >= 3:
+                mean = s1 / n
+                var = s2 / n - mean * mean
+                out[CV, j, d] = np.sqrt(max(var, 0.0)) / mean if mean > 0.0 else np.nan
+                # lag-1 autocorrelation about the day's mean, from the raw sums
+                lag_cov = 0.0
+                lag_m = 0
+                for t in range(a + 1, b):
+                    x0 = np.float64(row[t - 1])
+                    x1 = np.float64(row[t])
+                    if x0 == x0 and x1 == x1:
+                        lag_cov += (x0 - mean) * (x1 - mean)
+                        lag_m += 1
+                out[LAG1, j, d] = (lag_cov / lag_m) / var if var > 1e-12 and lag_m > 0 else np.nan
+            else:
+                out[CV, j, d] = np.nan
+                out[LAG1, j, d] = np.nan
+            # balance: first differences of the meter against its master's residual, by quarter
+            if sub_daily and rrow >= 0:
+                res = residual[rrow]
+                for t in range(max(a, 1), b):
+                    x0 = np.float64(row[t - 1])
+                    x1 = np.float64(row[t])
+                    r0 = res[t - 1]
+                    r1 = res[t]
+                    if x0 == x0 and x1 == x1 and r0 == r0 and r1 == r1:
+                        q = slot[t] * QUARTERS // n_slots
+                        dx = x1 - x0
+                        dr = r1 - r0
+                        qs[d, q, 0] += dx * dr
+                        qs[d, q, 1] += dx * dx
+                        qs[d, q, 2] += dr * dr
+        for d in range(n_days):
+            # own mean day over the window before d (the first days: the days after, up to window)
+            lo = max(0, d - window)
+            hi = d
+            if d < 3:
+                lo = d + 1
+                hi = min(n_days, d + 1 + window)
+            if not sub_daily or hi <= lo:
+                out[PROFILE_CORR, j, d] = np.nan
+            else:
+                a = day_bounds[d]
+                b = day_bounds[d + 1]
+                mx = 0.0
+                my = 0.0
+                m = 0
+                for t in range(a, b):
+                    v = np.float64(row[t])
+                    k = slot[t]
+                    cnt = seen[hi, k] - seen[lo, k]
+                    if v == v and cnt > 0.0:
+                        mx += v
+                        my += (prof[hi, k] - prof[lo, k]) / cnt
+                        m += 1
+                if m < 3:
+                    out[PROFILE_CORR, j, d] = np.nan
+                else:
+                    mx /= m
+                    my /= m
+                    sxy = sxx = syy = 0.0
+                    for t in range(a, b):
+                        v = np.float64(row[t])
+                        k = slot[t]
+                        cnt = seen[hi, k] - seen[lo, k]
+                        if v == v and cnt > 0.0:
+                            y = (prof[hi, k] - prof[lo, k]) / cnt - my
+                            x = v - mx
+                            sxy += x * y
+                            sxx += x * x
+                            syy += y * y
+                    out[PROFILE_CORR, j, d] = _corr(sxy, sxx, syy)
+            # balance: best whole-day window (four quarters) ending in a quarter of day d
+            best = np.nan
+            if sub_daily and rrow >= 0:
+                for q_end in range(QUARTERS):
+                    sxy = sxx = syy = 0.0
+                    for k in range(QUARTERS):  # quarters q_end - 3 .. q_end, reaching into day d - 1
+                        qq = q_end - k
+                        dd = d
+                        if qq < 0:
+                            qq += QUARTERS
+                            dd -= 1
+                        if dd < 0:
+                            continue
+                        sxy += qs[dd, qq, 0]
+                        sxx += qs[dd, qq, 1]
+                        syy += qs[dd, qq, 2]
+                    r = _corr(sxy, sxx, syy)
+                    if r == r and not r <= best:
+                        best = r
+            out[BAL_CORR, j, d] = best
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def trailing_robust_z(
+    values: np.ndarray,  # float64 [meters, days]
+    window: int,  # days of own history
+    min_ref: int,  # fewest reference days; with fewer behind, the first days ahead are used
+    floor: float,  # least robust scale (a feature that never moved must move this much)
+    out: np.ndarray,  # float64 [meters, days] out: (value - median) / (1.4826 MAD + floor)
+    median_out: np.ndarray,  # float64 [meters, days] out: the reference median
+) -> None:
+    """Each meter-day against the same meter's `window` days before it: the robust z-score
+    of its value. Before `min_ref` days of history exist, the reference is the first
+    `min_ref` to `window` days of the window other than the day itself (a start-up rule:
+    the earliest days are compared with the days that follow). NaN values are skipped;
+    fewer than 3 reference values give NaN."""
+    n_days = values.shape[1]
+    for j in prange(values.shape[0]):
+        ref = np.empty(max(window, 1))
+        dev = np.empty(max(window, 1))
+        for d in range(n_days):
+            x = values[j, d]
+            if x != x:
+                out[j, d] = np.nan
+                median_out[j, d] = np.nan
+                continue
+            n = 0
+            if d >= min_ref:
+                for k in range(max(0, d - window), d):
+                    v = values[j, k]
+                    if v == v:
+                        ref[n] = v
+                        n += 1
+            if n < min_ref:
+                n = 0
+                for k in range(0, n_days):
+                    if n >= window:
+                        break
+                    if k == d:
+                        continue
+                    v = values[j, k]
+                    if v == v:
+                        ref[n] = v
+                        n += 1
+                    if k >= d and n >= min_ref:
+                        break
+            if n < 3:
+                out[j, d] = np.nan
+                median_out[j, d] = np.nan
+                continue
+            med = np.median(ref[:n])
+            median_out[j, d] = med
+            for k in range(n):
+                dev[k] = abs(ref[k] - med)
+            mad = np.median(dev[:n])
+            out[j, d] = (x - med) / (1.4826 * mad + floor)
+
+
+__all__ = ["BAL_CORR", "CV", "FEATURES", "LAG1", "PROFILE_CORR", "TOTAL", "ZERO_H", "ZERO_KWH",
+           "balance_day_fits", "balance_residual", "balance_sums", "meter_day_features", "trailing_robust_z"]

@@ -1,0 +1,286 @@
+"""Theft detection: one suspicion score per electric sub-meter per site-local day.
+
+`theft_scores(view)` returns {"theft": DayScores}. The score is built from the features of
+`twin.kernels.theft` in three steps, with fixed constants (set once on the simulator's
+demo-theft scenario, seeds 1 and 2; never fitted at run time, never to a run's ground truth):
+
+1. Each pattern feature becomes a one-sided robust z-score against the meter's own
+   `WINDOW` days before (median and MAD, `trailing_robust_z`), signed so that higher is
+   more suspicious: the day total falling (DROP: log of the total, then less the median
+   DROP of the meter's building that day, so a cold day that raises every flat is not
+   read as theft by the others), the longest off run growing (ZERO), the day's spread
+   rising or collapsing (CV_HIGH, CV_LOW), the quarter-hour autocorrelation falling (LAG),
+   the day's shape departing from the meter's usual day (SHAPE).
+2. Balance localisation (BAL): the meter's correlation with its master meter's unexplained
+   energy (see the kernel module), as a z-score against the other meters of the same
+   master that day (median and MAD). A meter that explains the building's loss stands
+   out from its neighbours.
+3. The theft score is the largest of: each pattern z (DROP, ZERO, CV_HIGH, CV_LOW, LAG,
+   SHAPE) times its weight in `WEIGHTS`, and the joint balance evidence
+   `(BAL + max(DROP, 0)) / sqrt(2)` when BAL is above 0 (a share of the load stolen shows
+   both as the meter explaining the loss and as its own total falling). The evidence line
+   names the feature that gave the score, with its figures.
+
+At one reading a day only DROP and ZERO exist (and BAL when masters are kept, though it is
+not computed at daily resolution): h5 and h6 keep the day's total and cannot be seen.
+Only electric sub-meters are scored (the thefts of Jokar et al. act on electricity
+meters); every other column is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from twin.detect import DayScores, DetectView
+from twin.kernels import theft as k
+
+#: Days of own history each meter-day is compared with.
+WINDOW = 28
+#: Fewest days behind a day before it is compared with its past (else with the days after).
+MIN_REF = 5
+#: Least robust scale per feature (the z-score's floor), in the feature's units.
+FLOORS = {"drop": 0.05, "zero": 1.0, "cv": 0.05, "lag": 0.05, "shape": 0.05, "bal": 0.05}
+#: Weight of each pattern z in the maximum (1: as is).
+WEIGHTS = {"drop": 1.0, "zero": 1.0, "cv_high": 1.0, "cv_low": 1.0, "lag": 1.0, "shape": 1.0}
+#: Score at or above which a meter-day raises a theft alarm.
+THRESHOLD = 6.0
+#: Added to a day's total (kWh) before taking its log, so an empty day is finite.
+DROP_EPS_KWH = 0.05
+#: Cap on one day's DROP and BAL z before runs add up: one odd day (a day away) stays one day.
+Z_CAP = 2.5
+#: Longest run of trailing days whose mean z (times sqrt of its length) DROP and BAL take.
+RUN_DAYS = 3
+PATTERN = ("drop", "zero", "cv_high", "cv_low", "lag", "shape")
+
+
+def trailing_run(z: np.ndarray, days: int = RUN_DAYS) -> np.ndarray:
+    """Per meter-day, the best evidence of a run of days ending that day: the largest over
+    k = 1..days of sum(z[d - k + 1 .. d]) / sqrt(k) (a shift that lasts adds up; noise
+    averages out). NaN days count as 0 inside a run; a NaN day itself stays NaN."""
+    filled = np.nan_to_num(z, nan=0.0)
+    best = z.copy()
+    acc = np.zeros_like(filled)
+    for n in range(days):
+        if n:
+            acc[:, n:] += filled[:, :-n] if n < filled.shape[1] else 0.0
+        else:
+            acc += filled
+        with np.errstate(invalid="ignore"):
+            best = np.fmax(best, acc / math.sqrt(n + 1))
+    return np.where(np.isnan(z), np.nan, best)
+
+
+@dataclass
+class TheftFeatures:
+    """The features and z-scores behind a theft score, for evidence and for tests."""
+
+    meters: np.ndarray  #: int64 [meters]: columns scored
+    raw: np.ndarray  #: float64 [6, meters, days]: twin.kernels.theft.FEATURES
+    z: dict[str, np.ndarray]  #: float64 [meters, days] per name in PATTERN plus "bal"
+    score: np.ndarray  #: float64 [meters, days]: the combined score
+    source: np.ndarray  #: int64 [meters, days]: which term gave it (index in PATTERN, 6: balance, -1 none)
+    loss_kwh: np.ndarray  #: float64 [meters, days]: the meter's master's unexplained energy that day (NaN none)
+
+
+def _electric_subs(view: DetectView) -> np.ndarray:
+    return np.array([i for i, c in enumerate(view.topology.columns)
+                     if c.kind == "electric_meter" and c.role == "sub"], dtype=np.int64)
+
+
+def _balance(view: DetectView) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
+    """Per master: the unexplained energy per interval (NaN rows where it cannot be fitted)
+    and the column -> master-row map."""
+    cols = view.topology.columns
+    index = {c.id: i for i, c in enumerate(cols)}
+    masters = [i for i, c in enumerate(cols) if c.role == "master" and c.utility == "electric"]
+    row_of = {cols[m].id: g for g, m in enumerate(masters)}
+    feeds: list[list[int]] = [[] for _ in masters]
+    for i, c in enumerate(cols):
+        if c.master is not None and c.master in row_of and c.master in index:
+            feeds[row_of[c.master]].append(i)
+    n_t = view.matrix.shape[1]
+    residual = np.full((len(masters), n_t), np.nan)
+    if not masters or view.calendar.n_slots == 1:
+        return residual, np.zeros((len(masters), len(view.calendar.days))), row_of
+    ptr = np.zeros(len(masters) + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum([len(f) for f in feeds])
+    flat = np.array([c for f in feeds for c in f], dtype=np.int64)
+    fed = np.empty((len(masters), n_t))
+    k.balance_sums(view.matrix, ptr, flat, fed)
+    master = view.matrix[masters].astype(np.float64)
+    fits = np.empty((len(masters), len(view.calendar.days), 3))
+    k.balance_day_fits(master, fed, view.calendar.day_bounds, fits)
+    a = np.full(len(masters), np.nan)
+    c = np.full(len(masters), np.nan)
+    for g in range(len(masters)):
+        ok = np.isfinite(fits[g, :, 2])
+        if not ok.any():
+            continue
+        rms = fits[g, ok, 2]
+        best = rms <= np.quantile(rms, 0.25)  # the cleanest quarter of the days
+        a[g] = float(np.median(fits[g, ok, 0][best]))
+        c[g] = float(np.median(fits[g, ok, 1][best]))
+    fitted = np.isfinite(a)
+    k.balance_residual(master, fed, np.where(fitted, a, 0.0), np.where(fitted, c, 0.0), residual)
+    residual[~fitted] = np.nan
+    daily = np.add.reduceat(np.nan_to_num(residual), view.calendar.day_bounds[:-1], axis=1) \
+        if len(view.calendar.days) else np.zeros((len(masters), 0))
+    return residual, daily, row_of
+
+
+def _z(values: np.ndarray, floor: float) -> np.ndarray:
+    return _z_med(values, floor)[0]
+
+
+def _z_med(values: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
+    out = np.empty_like(values)
+    med = np.empty_like(values)
+    k.trailing_robust_z(np.ascontiguousarray(values), WINDOW, MIN_REF, floor, out, med)
+    return out, med
+
+
+def supply_cut(view: DetectView, meters: np.ndarray) -> np.ndarray:
+    """bool [meters, days]: the meter's relay was open (supply cut) at some time that day,
+    from the view's relay events (a relay open before the first event of a meter is not
+    known here)."""
+    n_days = len(view.calendar.days)
+    out = np.zeros((meters.size, n_days), dtype=np.bool_)
+    row = {int(c): j for j, c in enumerate(meters)}
+    opened: dict[int, int] = {}
+    for e in view.events:
+        if e.kind != "relay" or e.column not in row:
+            continue
+        if e.value == "open":
+            opened.setdefault(e.column, e.t_utc)
+        elif e.column in opened:
+            a = max(view.day_of(opened.pop(e.column)), 0)
+            b = min(view.day_of(e.t_utc), n_days - 1)
+            out[row[e.column], a:b + 1] = True
+    for column, t in opened.items():
+        out[row[column], max(view.day_of(t), 0):] = True
+    return out
+
+
+def _by_group_median(values: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per meter-day: the median and MAD of `values` over the meters of its group that day."""
+    med = np.full_like(values, np.nan)
+    mad = np.full_like(values, np.nan)
+    for g in np.unique(group[group >= 0]):
+        rows = group == g
+        block = values[rows]
+        with np.errstate(all="ignore"):
+            if block.shape[0] and np.isfinite(block).any():
+                import warnings
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", RuntimeWarning)
+                    m = np.nanmedian(block, axis=0)
+                    d = np.nanmedian(np.abs(block - m), axis=0)
+                med[rows] = m
+                mad[rows] = d
+    return med, mad
+
+
+def theft_features(view: DetectView) -> TheftFeatures:
+    """Features, z-scores and the combined score for every electric sub-meter and day."""
+    cal = view.calendar
+    meters = _electric_subs(view)
+    n_days = len(cal.days)
+    residual, daily_loss, row_of = _balance(view)
+    cols = view.topology.columns
+    rrow = np.array([row_of.get(cols[i].master or "", -1) for i in meters], dtype=np.int64)
+    if residual.shape[0] == 0:
+        residual = np.zeros((1, view.matrix.shape[1]))
+    raw = np.empty((6, meters.size, n_days))
+    if meters.size and n_days:
+        k.meter_day_features(view.matrix, meters, rrow, residual, cal.day_bounds, cal.slot, cal.n_slots,
+                             cal.interval_h, WINDOW, raw)
+    # group of each meter for peer terms: its master, else its building
+    labels: dict[str, int] = {}
+    group = np.array([labels.setdefault(cols[i].master or f"building:{cols[i].building}", len(labels))
+                      if (cols[i].master or cols[i].building) else -1 for i in meters], dtype=np.int64)
+    z: dict[str, np.ndarray] = {}
+    cut = supply_cut(view, meters)
+    total = np.maximum(raw[k.TOTAL], 0.0)
+    drop, log_base = _z_med(np.log(total + DROP_EPS_KWH), FLOORS["drop"])
+    drop = -drop
+    peer, _ = _by_group_median(drop, group)
+    drop = np.minimum(drop - np.where(np.isfinite(peer), peer, 0.0), Z_CAP)
+    loss = np.full((meters.size, n_days), np.nan)
+    has = rrow >= 0
+    if has.any() and daily_loss.size:
+        loss[has] = daily_loss[rrow[has]]
+    # with a master: a fall the building's unexplained energy does not match is the flat's own
+    # (a day away); scale it by the share of it the loss explains
+    deficit = np.exp(log_base) - DROP_EPS_KWH - total
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = np.clip(np.where(deficit > 0, loss / np.where(deficit > 0, deficit, 1.0), 1.0), 0.0, 1.0)
+    drop = np.where(np.isfinite(loss), drop * np.where(drop > 0, share, 1.0), drop)
+    drop[cut] = np.minimum(drop[cut], 0.0)
+    z["drop"] = trailing_run(drop)
+    zero = _z(raw[k.ZERO_H], FLOORS["zero"])
+    zero[cut] = np.minimum(zero[cut], 0.0)
+    z["zero"] = zero
+    cv = _z(raw[k.CV], FLOORS["cv"])
+    z["cv_high"] = cv
+    z["cv_low"] = -cv
+    z["lag"] = -_z(raw[k.LAG1], FLOORS["lag"])
+    z["shape"] = -_z(raw[k.PROFILE_CORR], FLOORS["shape"])
+    bal = raw[k.BAL_CORR]
+    med, mad = _by_group_median(bal, group)
+    z["bal"] = trailing_run(np.minimum((bal - med) / (1.4826 * mad + FLOORS["bal"]), Z_CAP))
+    terms = [WEIGHTS[name] * z[name] for name in PATTERN]
+    with np.errstate(invalid="ignore"):
+        joint = np.where(z["bal"] > 0, (z["bal"] + np.maximum(np.nan_to_num(z["drop"]), 0.0)) / math.sqrt(2.0),
+                         np.nan)
+    stack = np.stack(terms + [joint])
+    finite = np.isfinite(stack)
+    filled = np.where(finite, stack, -np.inf)
+    source = np.where(finite.any(axis=0), np.argmax(filled, axis=0), -1)
+    score = np.where(finite.any(axis=0), filled.max(axis=0, initial=-np.inf), np.nan)
+    return TheftFeatures(meters, raw, z, score, source.astype(np.int64), loss)
+
+
+def _evidence(view: DetectView, f: TheftFeatures) -> dict[int, int]:
+    return {int(c): j for j, c in enumerate(f.meters)}
+
+
+def theft_scores(view: DetectView) -> dict[str, DayScores]:
+    """{"theft": DayScores}: the combined score (module docstring) per column and day."""
+    f = theft_features(view)
+    scores = np.full((view.matrix.shape[0], len(view.calendar.days)), np.nan, dtype=np.float32)
+    scores[f.meters] = f.score.astype(np.float32)
+    row_of = _evidence(view, f)
+
+    def evidence(column: int, day: int) -> str:
+        j = row_of.get(column)
+        if j is None:
+            return "not scored for theft (only electric sub-meters are)"
+        src = int(f.source[j, day])
+        total = f.raw[k.TOTAL, j, day]
+        base = f"day total {total:.2f} kWh"
+        if src < 0:
+            return f"no theft evidence ({base})"
+        if src == len(PATTERN):
+            return (f"moves with its master's unexplained energy ({f.loss_kwh[j, day]:.2f} kWh that day): "
+                    f"correlation {f.raw[k.BAL_CORR, j, day]:.2f}, z {f.z['bal'][j, day]:.1f} against its "
+                    f"neighbours; total z {f.z['drop'][j, day]:.1f} below its usual; score {f.score[j, day]:.1f}")
+        name = PATTERN[src]
+        what = {
+            "drop": f"{base}, {f.z['drop'][j, day]:.1f} robust z below its own last {WINDOW} days",
+            "zero": f"off for {f.raw[k.ZERO_H, j, day]:.1f} h in a row, z {f.z['zero'][j, day]:.1f}",
+            "cv_high": f"spread/mean {f.raw[k.CV, j, day]:.2f}, z {f.z['cv_high'][j, day]:.1f} above its usual",
+            "cv_low": f"spread/mean {f.raw[k.CV, j, day]:.2f}: flattened, z {f.z['cv_low'][j, day]:.1f}",
+            "lag": f"quarter-hour autocorrelation {f.raw[k.LAG1, j, day]:.2f}, z {f.z['lag'][j, day]:.1f} "
+                   "below its usual (random readings)",
+            "shape": f"correlation with its usual day {f.raw[k.PROFILE_CORR, j, day]:.2f}, "
+                     f"z {f.z['shape'][j, day]:.1f} (reordered or flattened day)",
+        }[name]
+        return f"{what}; score {f.score[j, day]:.1f}"
+
+    return {"theft": DayScores("theft", scores, THRESHOLD, evidence)}
+
+
+__all__ = ["FLOORS", "THRESHOLD", "TheftFeatures", "WEIGHTS", "WINDOW", "theft_features", "theft_scores"]
