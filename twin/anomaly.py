@@ -6,14 +6,17 @@ Each kind is a rule with its parameters in `AnomalyParams` (defaults below, one 
 - offline: the longest run of missing readings reaching into the day, in hours; alarm at
   `offline_min_h` (never less than one interval). A stale register (one that repeats its
   reading) shows as zero deltas: see stuck.
-- stuck: the longest run of exact zeros reaching into the day, in hours, outside the times
+- stuck: the longest run of exact zeros in the day, in hours, outside the times
   its supply was cut (relay open, valve closed, from the events), on a meter that used at
   least `stuck_min_use` on some day up to this one, while the peers of its building and kind
   consume (their median day total is above 0). Electric: alarm at `stuck_electric_h` (above
   the 12 h a theft of kind h2 may switch off). Water meters go quiet for a day when the
   household is away, so a water meter also needs its room's electric meter to show the
-  household at home (a day total of at least `presence_share` of its median) that day and
-  the day before; without an electric meter in the room, `stuck_water_alone_h` applies.
+  household at home that day (a day total of at least `presence_share` of its median
+  over days it was read in full and not itself stuck); without an electric meter in the
+  room, `stuck_water_alone_h` applies. A run that ends inside the day counts only its part
+  inside the day; one still open at midnight counts whole, so a quiet night after an away
+  day is not a stuck meter, and a meter still at zero at midnight is.
 - backwards: the sum of negative readings in the day; alarm at `backwards_min` (kWh or m3).
 - jump: the day's largest reading (a reading after k missing ones counts as its mean over
   k + 1, so a catch-up after an outage is not a jump) against the meter's median daily
@@ -24,7 +27,8 @@ Each kind is a rule with its parameters in `AnomalyParams` (defaults below, one 
   day total by the median of its building peers' (same kind) normalised totals that day, so
   weather and weekends cancel; score |log ratio| of the least changed of those days (0
   when they change in different directions); alarm at log(`shift_ratio`). Days with a
-  missing reading score nothing. The simulator injects no such fault, but thefts h1 and
+  missing reading, a supply cut, or another rule's alarm (stuck, backwards, jump) neither
+  score nor make the baseline. The simulator injects no such fault, but thefts h1 and
   bypass look like one.
 - leak (water meters): the smallest reading in the night window (`night_start_h` to
   `night_end_h` local), as litres per hour; a household's flow falls to zero at some point
@@ -89,11 +93,12 @@ class AnomalyParams:
     jump_floor_per_h: float = 0.1  #: the usual largest is at least this per hour (kWh or m3)
     shift_ratio: float = 3.0  #: sustained change factor (up or down)
     shift_baseline_days: int = 7  #: days before the change that make the baseline
-    shift_sustain_days: int = 2  #: days the change must last
+    shift_sustain_days: int = 3  #: days the change must last
+    shift_min_days: int = 5  #: baseline days with a full reading needed to judge
     shift_min_base: float = 0.05  #: baselines below this (kWh or m3 a day) make no ratio
     night_start_h: float = 1.0  #: night window start, local hour
     night_end_h: float = 5.0  #: night window end, local hour
-    leak_lph: float = 4.0  #: night minimum flow, litres per hour
+    leak_lph: float = 8.0  #: night minimum flow, litres per hour (a toilet cistern leak runs 10 to 30)
     leak_min_readings: int = 2  #: night readings needed to judge
     valve_settle_s: float = 900.0  #: after a close, flow this long is the pipe emptying
     valve_litres: float = 2.0  #: litres through a closed valve in a day
@@ -258,7 +263,7 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     meters = electric | water
     ok = meters[:, None] & used & (peer_total > 0)
     stuck[ok] = zero_h[ok]
-    home, elec_of = _presence(view, total, has_data, p)
+    home, elec_of = _presence(view, total, has_data & (zero_h < p.stuck_electric_h) & (missing == 0), p)
     water_alone = water & (elec_of < 0)
     stuck_threshold = p.stuck_electric_h
     # one threshold per DayScores: rescale water scores so the same threshold applies
@@ -268,11 +273,9 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     with_room = water & (elec_of >= 0)
     if with_room.any():
         at_home = home[elec_of[with_room]]
-        at_home_before = np.concatenate([at_home[:, :1], at_home[:, :-1]], axis=1) & at_home
-        at_home_before[:, 0] = False
         rows = np.flatnonzero(with_room)
         block = stuck[rows]
-        block[~at_home_before & np.isfinite(block)] = 0.0
+        block[~at_home & np.isfinite(block)] = 0.0
         stuck[rows] = block
     out["stuck"] = DayScores("stuck", stuck, stuck_threshold,
                              lambda c, d: f"reads 0 for {zero_h[c, d]:g} h while its building's "
@@ -300,7 +303,9 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     last_day = np.searchsorted(cal.day_bounds, merged.hi - 1, side="right") - 1
     for c, d0, d1 in zip(merged.col.tolist(), first_day.tolist(), last_day.tolist(), strict=True):
         cut_days[c, d0:d1 + 1] = True
-    out["level_shift"] = _level_shift(view, np.where(cut_days, np.nan, total), missing, groups, n_groups, p)
+    # days another rule explains (supply cut, stuck, backwards, jump) neither judge nor teach
+    explained = cut_days | (zero_h >= p.stuck_electric_h) | (negative >= p.backwards_min) | (jump >= p.jump_ratio)
+    out["level_shift"] = _level_shift(view, np.where(explained, np.nan, total), missing, groups, n_groups, p)
 
     # leak
     leak = _nan_scores(n_cols, n_days)
@@ -327,10 +332,11 @@ def _groups(view: DetectView) -> tuple[np.ndarray, int]:
     return groups, len(keys)
 
 
-def _presence(view: DetectView, total: np.ndarray, has_data: np.ndarray,
+def _presence(view: DetectView, total: np.ndarray, clean: np.ndarray,
               p: AnomalyParams) -> tuple[np.ndarray, np.ndarray]:
     """bool [columns, days]: an electric meter's day total is at least presence_share of its
-    median (the household is at home); and, per column, the electric meter of its room (-1)."""
+    median over its `clean` days (read in full, not stuck) and the day is clean (the
+    household is at home); and, per column, the electric meter of its room (-1)."""
     cols = view.topology.columns
     elec_of_room: dict[str, int] = {}
     for i, c in enumerate(cols):
@@ -340,8 +346,8 @@ def _presence(view: DetectView, total: np.ndarray, has_data: np.ndarray,
                        dtype=np.int64)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        median = np.nanmedian(np.where(has_data, total, np.nan), axis=1) if total.shape[1] else np.zeros(len(cols))
-    home = has_data & (total >= p.presence_share * np.nan_to_num(median, nan=np.inf)[:, None])
+        median = np.nanmedian(np.where(clean, total, np.nan), axis=1) if total.shape[1] else np.zeros(len(cols))
+    home = clean & (total >= p.presence_share * np.nan_to_num(median, nan=np.inf)[:, None])
     return home, elec_of
 
 
@@ -373,7 +379,8 @@ def _level_shift(view: DetectView, total: np.ndarray, missing: np.ndarray, group
     low = np.full((n_cols, n_days), np.nan, dtype=np.float32)
     high = np.full((n_cols, n_days), np.nan, dtype=np.float32)
     if n_cols and n_days:
-        k.shift_ratios(adjusted, p.shift_baseline_days, p.shift_sustain_days, p.shift_min_base, low, high)
+        k.shift_ratios(adjusted, p.shift_baseline_days, p.shift_sustain_days, p.shift_min_base, p.shift_min_days,
+                       low, high)
     with np.errstate(all="ignore"):
         score = np.maximum(np.maximum(np.log(low), -np.log(high)), 0.0).astype(np.float32)
     kinds = np.array([c.kind in ("electric_meter", "water_meter") and c.role == "sub"

@@ -223,6 +223,27 @@ def register_days(matrix: np.ndarray, day_bounds: np.ndarray, whole: np.ndarray,
                 carry = acc
 
 
+def downsample(view: DetectView, interval_s: int) -> DetectView:
+    """The view at a coarser sub-daily interval (a multiple of the view's that divides a
+    day), read as a register is (the rule in the module docstring, per interval instead of
+    per day). The window keeps only whole coarse intervals from its first boundary."""
+    cal = view.calendar
+    if interval_s % cal.interval_s or DAILY % interval_s or interval_s >= DAILY:
+        raise ValueError(f"interval_s {interval_s} must be a multiple of {cal.interval_s} that divides a day "
+                         "(for daily readings use downsample_daily)")
+    factor = interval_s // cal.interval_s
+    skip = (-cal.start_utc % interval_s) // cal.interval_s
+    n = (cal.n_intervals - skip) // factor
+    bounds = skip + np.arange(n + 1, dtype=np.int64) * factor
+    out = np.empty((view.matrix.shape[0], n), dtype=np.float64)
+    if n:
+        register_days(np.ascontiguousarray(view.matrix), bounds, np.ones(n, dtype=np.bool_), out)
+    start = cal.start_utc + skip * cal.interval_s
+    calendar = local_calendar(start, n, interval_s, cal.timezone)
+    topology = Topology(view.topology.site, view.topology.timezone, interval_s, list(view.topology.columns))
+    return DetectView(out.astype(np.float32), topology, calendar, list(view.events))
+
+
 def downsample_daily(view: DetectView, drop_masters: bool = True) -> DetectView:
     """One reading per site-local day (the register rule in the module docstring), as a
     view with interval_s 86400 whose readings start at UTC midnight of their local date."""
@@ -246,8 +267,8 @@ def downsample_daily(view: DetectView, drop_masters: bool = True) -> DetectView:
     return DetectView(days.astype(np.float32), topology, calendar, events)
 
 
-__all__ = ["CONTROL_EVENTS", "DayScores", "DetectView", "Event", "downsample_daily", "load_view", "read_events",
-           "register_days", "truth_days", "valve_columns"]
+__all__ = ["CONTROL_EVENTS", "DayScores", "DetectView", "Event", "downsample", "downsample_daily", "load_view",
+           "read_events", "register_days", "truth_days", "valve_columns"]
 
 
 def truth_days(view: DetectView, truth: list[TruthEvent], kind: str) -> np.ndarray:

@@ -28,7 +28,7 @@ def day_features(
     span_hi: np.ndarray,  # int64 [spans]: first interval after it; spans of a twin sorted, disjoint
     missing: np.ndarray,  # int32 [twins, days] out: missing readings
     silent_run: np.ndarray,  # int32 [twins, days] out: longest run of missing readings reaching into the day
-    zero_run: np.ndarray,  # int32 [twins, days] out: longest run of exact zeros outside spans reaching into the day
+    zero_run: np.ndarray,  # int32 [twins, days] out: longest run of exact zeros outside spans (see below)
     negative: np.ndarray,  # float32 [twins, days] out: sum of |negative readings|
     rate_max: np.ndarray,  # float32 [twins, days] out: largest reading / (1 + missing readings before it); NaN none
     total: np.ndarray,  # float64 [twins, days] out: sum of readings, missing as 0
@@ -36,7 +36,12 @@ def day_features(
 ) -> None:
     """Per twin per day: missing counts and runs, zero runs, negatives, the largest
     gap-normalised reading (a catch-up after k missing intervals counts as its mean over
-    k + 1), the total, and the smallest reading in the night window."""
+    k + 1), the total, and the smallest reading in the night window.
+
+    A zero run that ends inside the day counts only its part inside the day; one still
+    open at the day's end counts whole (since it began, maybe days before): a meter that
+    starts moving again at 06:00 after a quiet night is not stuck that day, one still at
+    zero at midnight is. A missing reading or an excused interval ends a zero run."""
     n_twins = matrix.shape[0]
     n_days = day_bounds.shape[0] - 1
     for c in prange(n_twins):
@@ -75,10 +80,13 @@ def day_features(
                     neg -= v
                 if v == 0 and not excused:
                     zeros += 1
-                    if zeros > best_zero:
-                        best_zero = zeros
+                    inside = min(zeros, i - day_bounds[d] + 1)
+                    if inside > best_zero:
+                        best_zero = inside
                 else:
                     zeros = 0
+            if zeros > best_zero:  # still at zero when the day ends: the whole run counts
+                best_zero = zeros
             missing[c, d] = miss
             silent_run[c, d] = best_silent
             zero_run[c, d] = best_zero
@@ -234,6 +242,7 @@ def shift_ratios(
     baseline_days: int,  # days before the run that make the baseline (median)
     sustain_days: int,  # days the change must last
     min_base: float,  # a baseline below this makes no ratio (a meter that uses nothing)
+    min_days: int,  # fewer baseline days with a reading than this make no ratio
     low: np.ndarray,  # float32 [twins, days] out: smallest ratio over the last sustain_days days
     high: np.ndarray,  # float32 [twins, days] out: largest ratio over them
 ) -> None:
@@ -254,7 +263,7 @@ def shift_ratios(
                 if v == v:
                     window[n] = v
                     n += 1
-            if n < 2:
+            if n < max(min_days, 1):
                 continue
             m = np.median(window[:n])
             if not m >= min_base:
