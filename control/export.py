@@ -11,6 +11,7 @@ line is sent in time order, so `--from` that time resends only what may be missi
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import queue
 import sqlite3
@@ -206,10 +207,13 @@ def run(args: argparse.Namespace) -> int:
             db = sqlite3.connect(f"file:{ledger_path}?mode=ro", uri=True)
             try:
                 after = 0
+                # the whole ledger, unless --from or --until cut it (then [from, until), like the readings)
+                low = first if args.since else -math.inf
+                high = end if args.until else math.inf
                 while ok:
                     rows = db.execute("SELECT id, at, kind, debit, credit, amount, ref FROM transfers"
                                       " WHERE id > ? AND at >= ? AND at < ? ORDER BY id LIMIT ?",
-                                      (after, first, end, max(args.batch_lines // 2, 1))).fetchall()
+                                      (after, low, high, max(args.batch_lines // 2, 1))).fetchall()
                     if not rows:
                         break
                     ok = poster.put("\n".join(ledger_lines(topo.site, *row) for row in rows).encode(),
