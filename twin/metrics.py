@@ -41,7 +41,7 @@ def roc_auc(scores: np.ndarray, labels: np.ndarray) -> float:
     sorted_s = s[order]
     ranks = np.empty(s.size, dtype=np.float64)
     # average rank (1-based) over each run of ties
-    edges = np.flatnonzero(np.diff(sorted_s) != 0) + 1
+    edges = np.flatnonzero(sorted_s[1:] != sorted_s[:-1]) + 1  # not diff: -inf - -inf is NaN
     starts = np.concatenate(([0], edges))
     ends = np.concatenate((edges, [s.size]))
     avg = (starts + ends + 1) / 2.0

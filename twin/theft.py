@@ -23,6 +23,11 @@ demo-theft scenario, seeds 1 and 2; never fitted at run time, never to a run's g
 
 At one reading a day only DROP and ZERO exist (and BAL when masters are kept, though it is
 not computed at daily resolution): h5 and h6 keep the day's total and cannot be seen.
+Limits. The baseline is the meter's own past: a theft that goes on for more than about a
+third of `WINDOW` fills that past and its score fades (h6 after 4 to 6 days in a test;
+the meter was flagged long before). Relay events (supply cut by the prepaid policy) excuse
+a fall in the total and an off run on the days they cover.
+
 Only electric sub-meters are scored (the thefts of Jokar et al. act on electricity
 meters); every other column is NaN.
 """
@@ -42,11 +47,15 @@ WINDOW = 28
 #: Fewest days behind a day before it is compared with its past (else with the days after).
 MIN_REF = 5
 #: Least robust scale per feature (the z-score's floor), in the feature's units.
-FLOORS = {"drop": 0.05, "zero": 1.0, "cv": 0.05, "lag": 0.05, "shape": 0.05, "bal": 0.05}
+FLOORS = {"drop": 0.05, "zero": 1.0, "cv": 0.15, "lag": 0.05, "shape": 0.05, "bal": 0.05}
 #: Weight of each pattern z in the maximum (1: as is).
 WEIGHTS = {"drop": 1.0, "zero": 1.0, "cv_high": 1.0, "cv_low": 1.0, "lag": 1.0, "shape": 1.0}
+#: A sub-daily day whose spread / mean is below this is flat (every reading the same: h5),
+#: which no meter measuring a real load reports; it scores FLAT_SCORE.
+FLAT_CV = 0.01
+FLAT_SCORE = 10.0
 #: Score at or above which a meter-day raises a theft alarm.
-THRESHOLD = 6.0
+THRESHOLD = 3.5
 #: Added to a day's total (kWh) before taking its log, so an empty day is finite.
 DROP_EPS_KWH = 0.05
 #: Cap on one day's DROP and BAL z before runs add up: one odd day (a day away) stays one day.
@@ -61,15 +70,11 @@ def trailing_run(z: np.ndarray, days: int = RUN_DAYS) -> np.ndarray:
     k = 1..days of sum(z[d - k + 1 .. d]) / sqrt(k) (a shift that lasts adds up; noise
     averages out). NaN days count as 0 inside a run; a NaN day itself stays NaN."""
     filled = np.nan_to_num(z, nan=0.0)
-    best = z.copy()
-    acc = np.zeros_like(filled)
-    for n in range(days):
-        if n:
-            acc[:, n:] += filled[:, :-n] if n < filled.shape[1] else 0.0
-        else:
-            acc += filled
-        with np.errstate(invalid="ignore"):
-            best = np.fmax(best, acc / math.sqrt(n + 1))
+    best = filled.copy()
+    acc = filled.copy()
+    for n in range(1, min(days, z.shape[1])):  # runs of n + 1 days end on days n and after
+        acc[:, n:] += filled[:, :-n]
+        best[:, n:] = np.maximum(best[:, n:], acc[:, n:] / math.sqrt(n + 1))
     return np.where(np.isnan(z), np.nan, best)
 
 
@@ -225,7 +230,8 @@ def theft_features(view: DetectView) -> TheftFeatures:
     z["zero"] = zero
     cv = _z(raw[k.CV], FLOORS["cv"])
     z["cv_high"] = cv
-    z["cv_low"] = -cv
+    with np.errstate(invalid="ignore"):  # a flat day (h5) has no shape or autocorrelation to compare
+        z["cv_low"] = np.where(raw[k.CV] < FLAT_CV, FLAT_SCORE, -cv)
     z["lag"] = -_z(raw[k.LAG1], FLOORS["lag"])
     z["shape"] = -_z(raw[k.PROFILE_CORR], FLOORS["shape"])
     bal = raw[k.BAL_CORR]
