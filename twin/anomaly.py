@@ -93,7 +93,7 @@ class AnomalyParams:
     jump_floor_per_h: float = 0.1  #: the usual largest is at least this per hour (kWh or m3)
     shift_ratio: float = 3.0  #: sustained change factor (up or down)
     shift_baseline_days: int = 7  #: days before the change that make the baseline
-    shift_sustain_days: int = 3  #: days the change must last
+    shift_sustain_days: int = 2  #: days the change must last
     shift_min_days: int = 5  #: baseline days with a full reading needed to judge
     shift_min_base: float = 0.05  #: baselines below this (kWh or m3 a day) make no ratio
     night_start_h: float = 1.0  #: night window start, local hour
