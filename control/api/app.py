@@ -1,5 +1,5 @@
 """The FastAPI application: the API under /api (OpenAPI at /api/docs) and a health page
-at /. The dashboard (a later part) mounts beside it in the same server."""
+at /health. The dashboard mounts at / beside it in the same server (`Platform.serve`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,20 @@ from typing import TYPE_CHECKING, Any
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse
 
-from control.api import accounts, alarms, commands, energy, keys, tasks, twins
+from control.api import (
+    accounts,
+    alarms,
+    commands,
+    energy,
+    errors,
+    history,
+    keys,
+    simulation,
+    site,
+    tariffs,
+    tasks,
+    twins,
+)
 
 if TYPE_CHECKING:
     from control.runtime import Platform
@@ -25,8 +38,9 @@ def create_app(platform: Platform) -> FastAPI:
                   description="Twins with live state, commands, alarms and access. Authenticate with "
                               "`Authorization: Bearer mt_...` (an API key) or HTTP Basic (a user).")
     app.state.platform = platform
-    for module in (twins, accounts, commands, alarms, tasks, keys, energy):
+    for module in (site, twins, history, accounts, commands, alarms, tasks, tariffs, energy, simulation, keys):
         app.include_router(module.router)
+    errors.install(app)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -38,7 +52,7 @@ def create_app(platform: Platform) -> FastAPI:
         """No credentials needed: the site, simulated time, speed, open alarms and commands."""
         return platform.health()
 
-    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    @app.get("/health", response_class=HTMLResponse, include_in_schema=False)
     async def health_page() -> str:
         h = platform.health()
         rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"

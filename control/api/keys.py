@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
 from control.api.deps import Admin, get_platform
+from control.api.errors import AUTH, errors
 from control.auth import Role
 
-router = APIRouter(prefix="/api", tags=["access"], dependencies=[Admin])
+router = APIRouter(prefix="/api", tags=["access"], dependencies=[Admin], responses=AUTH)
 
 
 class KeyRequest(BaseModel):
@@ -29,13 +30,63 @@ class UserRequest(BaseModel):
     password: str = Field(min_length=10, max_length=200)
 
 
-@router.get("/keys", summary="API keys (never their secrets)")
+class KeyOut(BaseModel):
+    """An API key as stored: never its secret. Times are wall-clock UTC epoch seconds."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "1a2b3c4d", "name": "scada-gateway", "role": "viewer", "created": 1772445600.0, "revoked": None}]})
+
+    id: str
+    name: str
+    role: Literal["viewer", "operator", "admin"]
+    created: float
+    revoked: float | None
+
+
+class NewKey(BaseModel):
+    """A new key, shown this once: keep `key`, only its hash is stored."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "name": "scada-gateway", "role": "viewer", "key": "mt_1a2b3c4d_Zx9..."}]})
+
+    name: str
+    role: Literal["viewer", "operator", "admin"]
+    key: str = Field(description="send as 'Authorization: Bearer <key>' or 'X-API-Key: <key>'")
+
+
+class Revoked(BaseModel):
+    """A revoked key."""
+
+    revoked: str
+
+
+class UserOut(BaseModel):
+    """A user: never the password or its hash."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [
+        {"name": "alice", "role": "operator", "created": 1772445600.0, "disabled": False}]})
+
+    name: str
+    role: Literal["viewer", "operator", "admin"]
+    created: float
+    disabled: bool
+
+
+class NewUser(BaseModel):
+    """A user just added."""
+
+    name: str
+    role: Literal["viewer", "operator", "admin"]
+
+
+@router.get("/keys", summary="API keys, never their secrets (admin)", response_model=list[KeyOut])
 async def list_keys(request: Request) -> list[dict[str, Any]]:
     """Every key with its name, role, creation and revocation time."""
     return get_platform(request).auth.keys()
 
 
-@router.post("/keys", status_code=201, summary="Make an API key")
+@router.post("/keys", status_code=201, summary="Make an API key (admin)", response_model=NewKey,
+             responses=errors(400))
 async def create_key(request: Request, body: KeyRequest) -> dict[str, Any]:
     """Returns the key once; only its hash is kept. Example body: `{"name": "scada", "role": "viewer"}`."""
     try:
@@ -45,7 +96,7 @@ async def create_key(request: Request, body: KeyRequest) -> dict[str, Any]:
     return {"name": body.name, "role": role.name.lower(), "key": get_platform(request).auth.create_key(body.name, role)}
 
 
-@router.delete("/keys/{key_id}", summary="Revoke an API key")
+@router.delete("/keys/{key_id}", summary="Revoke an API key (admin)", response_model=Revoked, responses=errors(404))
 async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
     """The key stops working at once."""
     try:
@@ -55,13 +106,13 @@ async def revoke_key(request: Request, key_id: str) -> dict[str, Any]:
     return {"revoked": key_id}
 
 
-@router.get("/users", summary="Users (never their passwords)")
+@router.get("/users", summary="Users, never their passwords (admin)", response_model=list[UserOut])
 async def list_users(request: Request) -> list[dict[str, Any]]:
     """Every user with role and state."""
     return get_platform(request).auth.users()
 
 
-@router.post("/users", status_code=201, summary="Add a user")
+@router.post("/users", status_code=201, summary="Add a user (admin)", response_model=NewUser, responses=errors(400))
 async def add_user(request: Request, body: UserRequest) -> dict[str, Any]:
     """Example body: `{"name": "alice", "role": "operator", "password": "a long passphrase"}`."""
     try:

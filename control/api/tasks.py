@@ -6,13 +6,74 @@ from datetime import datetime
 from typing import Any
 
 from fastapi import APIRouter, HTTPException, Request
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from control.api.deps import Operator, Viewer, get_platform
+from control.api.errors import AUTH, errors
 from control.auth import Principal
 from control.batch import Selector, TaskError
 
-router = APIRouter(prefix="/api/tasks", tags=["tasks"])
+router = APIRouter(prefix="/api/tasks", tags=["tasks"], responses=AUTH)
+
+TASK_EXAMPLE: dict[str, Any] = {
+    "id": "t-5f3a9c2b", "name": "close B01 floor 3 valves", "action": "valve_close",
+    "selector": {"twins": [], "building": "B01", "floor": 3, "kind": "valve"}, "first_run": 1772445600.0,
+    "repeat_s": None, "next_run": None, "created_by": "alice", "created": 1772445600.0, "state": "done",
+    "deadline_s": 1200.0, "params": {},
+    "runs": [{"task": "t-5f3a9c2b", "run_for": 1772445600.0, "started": 1772445600.0, "finished": 1772445600.0,
+              "items": [{"twin": "B01-03-01.vl", "command": "c-1a2b3c4d5e6f", "outcome": "confirmed",
+                         "error": None}]}]}
+
+
+class TaskItem(BaseModel):
+    """One twin (or account) of a run: its command and outcome (the command's state:
+    sent, confirmed, failed, expired; refused; or an account action's result)."""
+
+    twin: str
+    command: str | None
+    outcome: str | None
+    error: str | None
+
+
+class TaskRun(BaseModel):
+    """One run of a task and its items."""
+
+    task: str
+    run_for: float = Field(description="the scheduled time it ran for (UTC epoch seconds)")
+    started: float
+    finished: float | None
+    items: list[TaskItem]
+
+
+class TaskOut(BaseModel):
+    """A batch or scheduled task: what it does to which selection, its schedule (UTC
+    epoch seconds of the platform clock) and its runs: a count in the list, each run
+    with its items in `GET /api/tasks/{id}`."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [TASK_EXAMPLE]})
+
+    id: str
+    name: str
+    action: str
+    selector: dict[str, Any]
+    first_run: float
+    repeat_s: float | None
+    next_run: float | None
+    created_by: str
+    created: float
+    state: str
+    deadline_s: float
+    params: dict[str, Any]
+    runs: int | list[TaskRun]
+
+
+class CancelOut(BaseModel):
+    """A cancelled task."""
+
+    model_config = ConfigDict(json_schema_extra={"examples": [{"cancelled": "t-5f3a9c2b", "by": "alice"}]})
+
+    cancelled: str
+    by: str
 
 
 class TaskRequest(BaseModel):
@@ -33,7 +94,8 @@ class TaskRequest(BaseModel):
     deadline_s: float = Field(1200.0, gt=0, le=86400)
 
 
-@router.post("", status_code=201, summary="Create a batch or scheduled task")
+@router.post("", status_code=201, summary="Create a batch or scheduled task (operator)", response_model=TaskOut,
+             responses=errors(400))
 async def create_task(request: Request, body: TaskRequest, who: Principal = Operator) -> dict[str, Any]:
     """Example body: `{"name": "night cut", "action": "relay_open", "building": "B02", "floor": 5}`."""
     platform = get_platform(request)
@@ -53,13 +115,16 @@ async def create_task(request: Request, body: TaskRequest, who: Principal = Oper
         return platform.batch.get(task_id)
 
 
-@router.get("", dependencies=[Viewer], summary="Tasks, newest first")
+@router.get("", dependencies=[Viewer], summary="Tasks, newest first", response_model=list[TaskOut])
 async def list_tasks(request: Request) -> list[dict[str, Any]]:
     """Each with its schedule and number of runs."""
-    return get_platform(request).batch.list()
+    platform = get_platform(request)
+    async with platform.lock:
+        return platform.batch.list()
 
 
-@router.get("/{task_id}", dependencies=[Viewer], summary="A task, its runs and each item's outcome")
+@router.get("/{task_id}", dependencies=[Viewer], summary="A task, its runs and each item's outcome",
+            response_model=TaskOut, responses=errors(404))
 async def get_task(request: Request, task_id: str) -> dict[str, Any]:
     """An item's outcome is its command's state: sent, confirmed, failed or expired."""
     platform = get_platform(request)
@@ -70,7 +135,7 @@ async def get_task(request: Request, task_id: str) -> dict[str, Any]:
             raise HTTPException(404, f"no task {task_id!r}") from None
 
 
-@router.delete("/{task_id}", summary="Cancel a task")
+@router.delete("/{task_id}", summary="Cancel a task (operator)", response_model=CancelOut, responses=errors(404))
 async def cancel_task(request: Request, task_id: str, who: Principal = Operator) -> dict[str, Any]:
     """It will not run again; commands already sent go on."""
     platform = get_platform(request)

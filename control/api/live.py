@@ -1,0 +1,113 @@
+"""Live state as the API shows it: a twin's record (its three faces, with nothing a JSON
+body cannot carry) and one status word per twin, room and account.
+
+Status, worst first; the first that holds wins:
+
+    offline      the device reports online = 0
+    alarm        an open alarm names the twin (or, for a room, its account)
+    cut_off      a relay open or a valve closed (reported)
+    arrears      the account's available balance is below zero, or it owes on bills
+    low_balance  the prepaid policy has the account at a low-balance level (1 to 3)
+    normal       none of these
+
+A room takes the worst status of its twins and its account; a vacant room with no twin
+reporting is `normal`. Call these under the platform lock: they read the world's arrays.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from twin.model import Kind, TwinSpec
+
+if TYPE_CHECKING:
+    from control.runtime import Platform
+
+STATUSES = ("normal", "low_balance", "arrears", "cut_off", "alarm", "offline")
+_RANK = {s: i for i, s in enumerate(STATUSES)}
+
+
+def plain(value: Any) -> Any:
+    """A face value a JSON body can carry: a float that is not finite becomes None."""
+    return None if isinstance(value, float) and not math.isfinite(value) else value
+
+
+def twin_record(platform: Platform, spec: TwinSpec, status: str) -> dict[str, Any]:
+    """A twin's place in the site, its reported, desired and derived state with their
+    stamps, and its status."""
+    view = platform.state.twin(spec.id)
+    faces = view.as_dict()
+    for face in ("reported", "desired", "derived"):
+        faces[face] = {k: plain(v) for k, v in faces[face].items()}
+    return {**faces, "building": spec.building, "floor": spec.floor, "room": spec.room, "account": spec.account,
+            "master": spec.master, "role": spec.role, "status": status}
+
+
+@dataclass
+class Snapshot:
+    """What statuses need, read once per request: twins offline and cut off, twins and
+    accounts with open alarms, accounts below zero or owing, and policy levels."""
+
+    offline: set[str]
+    cut: set[str]
+    alarmed_twins: set[str]
+    alarmed_accounts: set[str]
+    in_arrears: set[str]
+    low: set[str]
+
+    @classmethod
+    def take(cls, platform: Platform, accounts: list[str] | None = None) -> Snapshot:
+        """Read the world and the books; `accounts` limits the balance check to those
+        (default: all)."""
+        offline: set[str] = set()
+        cut: set[str] = set()
+        for kind, table in platform.state.tables.items():
+            reported = table.faces["reported"]
+            offline.update(table.ids[r] for r in np.flatnonzero(reported["online"] == 0).tolist())
+            field = "relay_closed" if kind is Kind.ELECTRIC_METER else "open" if kind is Kind.VALVE else None
+            if field is not None:
+                cut.update(table.ids[r] for r in np.flatnonzero(reported[field] == 0).tolist())
+        twins: set[str] = set()
+        owners: set[str] = set()
+        for alarm in platform.alarms.open_alarms():
+            if alarm.twin:
+                twins.add(alarm.twin)
+            elif alarm.account:
+                owners.add(alarm.account)
+        chosen = list(platform.accounts) if accounts is None else [a for a in accounts if a in platform.accounts]
+        prepaid = [a for a in chosen if platform.accounts[a].prepaid]
+        arrears = {a for a, _ in platform.ledger.arrears()}
+        if prepaid:
+            available = platform.billing.available_many(list(prepaid))
+            arrears |= {a for a, fen in zip(prepaid, available.tolist(), strict=True) if fen < 0}
+        low = {a for a, s in platform.policy.states.items() if s.level > 0}
+        return cls(offline, cut, twins, owners, arrears, low)
+
+    def of_account(self, account: str | None) -> str:
+        """The status an account alone gives."""
+        if account is None:
+            return "normal"
+        if account in self.alarmed_accounts:
+            return "alarm"
+        if account in self.in_arrears:
+            return "arrears"
+        return "low_balance" if account in self.low else "normal"
+
+    def of_twin(self, spec: TwinSpec) -> str:
+        """A twin's status."""
+        if spec.id in self.offline:
+            return "offline"
+        if spec.id in self.alarmed_twins:
+            return "alarm"
+        if spec.id in self.cut:
+            return "cut_off"
+        return self.of_account(spec.account)
+
+
+def worst(statuses: list[str]) -> str:
+    """The worst of some statuses ('normal' for none)."""
+    return max(statuses, key=_RANK.__getitem__, default="normal")
