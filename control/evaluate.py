@@ -36,6 +36,10 @@ from twin.history import HistoryError, TruthEvent, read_ground_truth
 from twin.metrics import days_to_detect, median_or_nan, precision_recall, rate_at_fpr, roc_auc
 
 THEFT_KINDS = ("h1", "h2", "h3", "h4", "h5", "h6", "bypass")
+#: Thefts that change a day's total (h5 and h6 only rearrange the day): what one reading a
+#: day can show at all.
+TOTAL_KINDS = ("h1", "h2", "h3", "h4", "bypass")
+TOTALS_ROW = "theft (totals)"
 FPR = 0.05
 
 EXAMPLES = """\
@@ -47,7 +51,9 @@ examples:
 Prints one row per anomaly and theft kind: positives and negatives (meter-days), precision
 and recall at the detector's threshold, ROC AUC, detection rate at 5% false positives, and
 median days to detect (injections flagged / injected). The theft kinds are each scored by
-the one combined theft score; "theft (all)" pools them. Needs DIR/ground_truth.csv."""
+the one combined theft score; "theft (all)" pools them, "theft (totals)" pools the kinds
+that change a day's total (h1-h4, bypass; h5 and h6 need sub-daily data). Needs
+DIR/ground_truth.csv."""
 
 
 @dataclass
@@ -122,6 +128,10 @@ def evaluate_view(view: DetectView, truth: list[TruthEvent], progress: bool = Tr
         pooled |= positive
         out.append(_figures(kind, theft, positive, negative, view, truth, (kind,)))
     out.append(_figures("theft (all)", theft, pooled, negative, view, truth, THEFT_KINDS))
+    totals = np.zeros_like(negative)
+    for kind in TOTAL_KINDS:
+        totals |= truth_days(view, truth, kind) & applies
+    out.append(_figures(TOTALS_ROW, theft, totals, negative, view, truth, TOTAL_KINDS))
     return out
 
 
@@ -150,7 +160,7 @@ def render_side_by_side(names: list[str], views: list[list[KindFigures]]) -> str
     """The theft kinds' AUC and rate at 5% false positives, one column pair per view."""
     head = f"{'theft kind':<14}" + "".join(f"{n + ' AUC':>22}{'@5%FP':>8}" for n in names)
     lines = [head, "-" * len(head)]
-    for kind in (*THEFT_KINDS, "theft (all)"):
+    for kind in (*THEFT_KINDS, "theft (all)", TOTALS_ROW):
         cells = ""
         for rows in views:
             r = next(x for x in rows if x.kind == kind)
