@@ -162,7 +162,7 @@ class PlatformUserManager:
     def _check(self, username: str | None, password: str | None, certificate: Any) -> PlatformUser | None:
         if username is None:
             return PlatformUser(UserRole.Anonymous, "anonymous", Access.READ, True) if self.anonymous else None
-        if certificate is None and not self.anonymous:
+        if not certificate and not self.anonymous:
             return None  # no secure channel: never a password in clear, never a session
         role = self.directory.login(username, password or "")
         if role is None:
