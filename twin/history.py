@@ -17,6 +17,7 @@ it in one write and `numpy.memmap` maps a month without parsing. A trailing part
 from __future__ import annotations
 
 import csv
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -60,6 +61,7 @@ def month_name(t: int) -> str:
     return datetime.fromtimestamp(t, tz=UTC).strftime("%Y-%m")
 
 
+@functools.lru_cache(maxsize=4096)
 def _month_of_name(name: str) -> int:
     return int(datetime.strptime(name, "%Y-%m").replace(tzinfo=UTC).timestamp())
 
@@ -385,6 +387,7 @@ class HistoryWriter:
         else:
             _replace_text(path, topology.to_json())
         self._files: dict[str, tuple[int, int]] = {}  # month name -> (fd, first row)
+        self._month = (0, 0, "")  # (start, end, name) of the month last appended to
         for sidecar in sorted((self.directory / "intervals").glob("*.json")):
             if "rebase" in _sidecar_doc(sidecar):  # a writer was killed rebasing this month: settle it
                 _write_first_row(self.directory, sidecar.stem, read_first_row(self.directory, sidecar.stem,
@@ -434,10 +437,11 @@ class HistoryWriter:
         data = np.ascontiguousarray(block, dtype=DTYPE)
         t, i = first_start_utc, 0
         while i < data.shape[0]:
-            month0 = month_start_utc(t)
-            rows_left_in_month = (next_month_start_utc(t) - t) // self.interval_s
-            take = min(rows_left_in_month, data.shape[0] - i)
-            self._write_rows(month_name(t), (t - month0) // self.interval_s, data[i:i + take])
+            if not self._month[0] <= t < self._month[1]:  # a live writer stays in one month for weeks
+                self._month = (month_start_utc(t), next_month_start_utc(t), month_name(t))
+            month0, month1, name = self._month
+            take = min((month1 - t) // self.interval_s, data.shape[0] - i)
+            self._write_rows(name, (t - month0) // self.interval_s, data[i:i + take])
             i += take
             t += take * self.interval_s
 
@@ -628,6 +632,7 @@ class HistoryWriter:
             os.replace(missing_tmp, missing_path)  # the counts first: a level exists once its sums do
             os.replace(sums_tmp, sums_path)
             _fsync_dir(folder)
+        self._history._maps.pop(month, None)
         (self.directory / "intervals" / f"{month}.f32").unlink()
         (self.directory / "intervals" / f"{month}.json").unlink(missing_ok=True)
         _fsync_dir(self.directory / "intervals")
@@ -673,6 +678,7 @@ class History:
         self.row_bytes = len(self.topology.columns) * DTYPE.itemsize
         #: roll-up levels this history can hold, finest first
         self.levels_s = rollup_levels(self.interval_s)
+        self._maps: dict[str, tuple[int, int, int, np.ndarray]] = {}  # month -> (inode, rows, first row, map)
 
     def months(self) -> list[str]:
         """Names ('YYYY-MM') of the raw month files, in order."""
@@ -716,13 +722,27 @@ class History:
         return size // self.row_bytes if self.row_bytes else 0
 
     def _map(self, month: str) -> tuple[int, np.ndarray] | None:
-        """(first row, [rows, columns] memmap) of a month file, None when it holds none."""
-        rows = self._rows_in(month)
+        """(first row, [rows, columns] memmap) of a month file, None when it holds none. The
+        map is kept while the file keeps its inode and size, so repeated reads of a live
+        month touch mapped pages only; a file that grew, or was replaced, is mapped anew."""
+        path = self.directory / "intervals" / f"{month}.f32"
+        try:
+            st = os.stat(path)
+        except FileNotFoundError:
+            self._maps.pop(month, None)  # rolled up: let the deleted file's space go
+            return None
+        rows = st.st_size // self.row_bytes if self.row_bytes else 0
+        cached = self._maps.get(month)
+        if cached is not None and cached[0] == st.st_ino and cached[1] == rows:
+            return cached[2], cached[3]
         if rows == 0:
             return None
-        path = self.directory / "intervals" / f"{month}.f32"
+        first = read_first_row(self.directory, month, self.row_bytes)
         matrix = np.memmap(path, dtype=DTYPE, mode="r", shape=(rows, len(self.topology.columns)))
-        return read_first_row(self.directory, month, self.row_bytes), matrix
+        if len(self._maps) >= 64:
+            self._maps.pop(next(iter(self._maps)))
+        self._maps[month] = (st.st_ino, rows, first, matrix)
+        return first, matrix
 
     def _map_rollup(self, month: str, level: int) -> tuple[np.ndarray, np.ndarray]:
         """([rows, columns] sums, [rows, columns] missing counts) of a month's roll-up level."""
@@ -816,9 +836,12 @@ class History:
         """Month rows r0 .. r1 - 1 of a raw month into `dest` ([r1 - r0, columns], C order);
         NaN where the file holds none."""
         path = self.directory / "intervals" / f"{month}.f32"
-        held = self._rows_in(month)
-        first = read_first_row(self.directory, month, self.row_bytes)
-        f0, f1 = max(r0, first), min(r1, first + held)
+        mapped = self._map(month)
+        if mapped is None:
+            dest[:] = np.nan
+            return
+        first, matrix = mapped
+        f0, f1 = max(r0, first), min(r1, first + matrix.shape[0])
         if f1 <= f0:
             dest[:] = np.nan
             return
@@ -835,9 +858,7 @@ class History:
                         raise HistoryError(f"{path} shrank while being read")
                     got += n
         else:  # some twins: a strided read of their columns through the page cache
-            matrix = np.memmap(path, dtype=DTYPE, mode="r", shape=(held, len(self.topology.columns)))
             dest[f0 - r0:f1 - r0] = matrix[f0 - first:f1 - first][:, index]
-            del matrix
 
     def _read(self, start: int, end: int, index: np.ndarray | None, step: int,
               want_missing: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
