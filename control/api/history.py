@@ -144,7 +144,7 @@ def _series(history: History, platform: Platform, subject: str, utility: str, co
             "interval_s": history.interval_s, "bucket_s": k * history.interval_s,
             "start": datetime.fromtimestamp(t0, tz=tz).isoformat(),
             "end": datetime.fromtimestamp(t1, tz=tz).isoformat(),
-            "times": times.tolist(), "values": [None if math.isnan(v) else round(v, 6) for v in sums.tolist()],
+            "times": times.tolist(), "values": [None if math.isnan(v) else v for v in sums.tolist()],
             "missing": missing.tolist()}
 
 

@@ -6,7 +6,8 @@ Status, worst first; the first that holds wins:
     offline      the device reports online = 0
     alarm        an open alarm names the twin (or, for a room, its account)
     cut_off      a relay open or a valve closed (reported)
-    arrears      the account's available balance is below zero, or it owes on bills
+    arrears      the account owes on bills, or (platform billing) its available balance
+                 is below zero
     low_balance  the prepaid policy has the account at a low-balance level (1 to 3)
     normal       none of these
 
@@ -76,10 +77,11 @@ class Snapshot:
         for alarm in platform.alarms.open_alarms():
             if alarm.twin:
                 twins.add(alarm.twin)
-            elif alarm.account:
+            elif alarm.account and not alarm.kind.startswith("low_balance"):  # those show as low_balance
                 owners.add(alarm.account)
         chosen = list(platform.accounts) if accounts is None else [a for a in accounts if a in platform.accounts]
-        prepaid = [a for a in chosen if platform.accounts[a].prepaid]
+        # a prepaid balance means something only where the ledger holds the credit (platform billing)
+        prepaid = [a for a in chosen if platform.accounts[a].prepaid] if platform.platform_billing else []
         arrears = {a for a, _ in platform.ledger.arrears()}
         if prepaid:
             available = platform.billing.available_many(list(prepaid))
