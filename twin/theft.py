@@ -44,7 +44,9 @@ from twin.kernels import theft as k
 
 #: Days of own history each meter-day is compared with.
 WINDOW = 28
-#: Fewest days behind a day before it is compared with its past (else with the days after).
+#: Days per block that share one reference (the WINDOW days before the block).
+REF_STEP = 7
+#: Fewest days behind a block before it is compared with its past (else the start-up rule).
 MIN_REF = 5
 #: Least robust scale per feature (the z-score's floor), in the feature's units.
 FLOORS = {"drop": 0.05, "zero": 1.0, "cv": 0.15, "lag": 0.05, "shape": 0.05, "bal": 0.05}
@@ -143,7 +145,7 @@ def _z(values: np.ndarray, floor: float) -> np.ndarray:
 def _z_med(values: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
     out = np.empty_like(values)
     med = np.empty_like(values)
-    k.trailing_robust_z(np.ascontiguousarray(values), WINDOW, MIN_REF, floor, out, med)
+    k.trailing_robust_z(np.ascontiguousarray(values), WINDOW, REF_STEP, MIN_REF, floor, out, med)
     return out, med
 
 
@@ -170,21 +172,16 @@ def supply_cut(view: DetectView, meters: np.ndarray) -> np.ndarray:
 
 
 def _by_group_median(values: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per meter-day: the median and MAD of `values` over the meters of its group that day."""
+    """Per meter-day: the median and MAD of `values` over the meters of its group that day
+    (NaN for meters in no group)."""
+    order = np.argsort(group, kind="stable")
+    order = order[group[order] >= 0]
+    counts = np.bincount(group[order], minlength=int(group.max()) + 1 if group.size else 0)
+    ptr = np.zeros(counts.size + 1, dtype=np.int64)
+    ptr[1:] = np.cumsum(counts)
     med = np.full_like(values, np.nan)
     mad = np.full_like(values, np.nan)
-    for g in np.unique(group[group >= 0]):
-        rows = group == g
-        block = values[rows]
-        with np.errstate(all="ignore"):
-            if block.shape[0] and np.isfinite(block).any():
-                import warnings
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", RuntimeWarning)
-                    m = np.nanmedian(block, axis=0)
-                    d = np.nanmedian(np.abs(block - m), axis=0)
-                med[rows] = m
-                mad[rows] = d
+    k.group_median_mad(np.ascontiguousarray(values), ptr, order.astype(np.int64), med, mad)
     return med, mad
 
 
@@ -241,12 +238,14 @@ def theft_features(view: DetectView) -> TheftFeatures:
     with np.errstate(invalid="ignore"):
         joint = np.where(z["bal"] > 0, (z["bal"] + np.maximum(np.nan_to_num(z["drop"]), 0.0)) / math.sqrt(2.0),
                          np.nan)
-    stack = np.stack(terms + [joint])
-    finite = np.isfinite(stack)
-    filled = np.where(finite, stack, -np.inf)
-    source = np.where(finite.any(axis=0), np.argmax(filled, axis=0), -1)
-    score = np.where(finite.any(axis=0), filled.max(axis=0, initial=-np.inf), np.nan)
-    return TheftFeatures(meters, raw, z, score, source.astype(np.int64), loss)
+    score = np.full_like(joint, -np.inf)
+    source = np.full(joint.shape, -1, dtype=np.int64)
+    for i, term in enumerate(terms + [joint]):
+        better = term > score  # NaN never is
+        score = np.where(better, term, score)
+        source[better] = i
+    score[source < 0] = np.nan
+    return TheftFeatures(meters, raw, z, score, source, loss)
 
 
 def _evidence(view: DetectView, f: TheftFeatures) -> dict[int, int]:

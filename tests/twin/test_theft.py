@@ -130,33 +130,46 @@ def test_meter_day_features_match_a_plain_reference() -> None:
 
 
 def test_trailing_robust_z_matches_numpy() -> None:
-    """Each meter-day against the median and MAD of its own window before; the first days
-    against the days after."""
+    """Each meter-day against the median and MAD of its own `window` days before its block
+    of `step` days; the first block (too little behind it) against the first `window` days."""
     rng = np.random.default_rng(3)
     v = rng.normal(size=(4, 20))
     v[1, 7] = np.nan
-    window, min_ref, floor = 6, 3, 0.1
+    v[2, 0:3] = np.nan
+    window, step, min_ref, floor = 6, 4, 3, 0.1
     out, med = np.empty_like(v), np.empty_like(v)
-    k.trailing_robust_z(v, window, min_ref, floor, out, med)
+    k.trailing_robust_z(v, window, step, min_ref, floor, out, med)
     for j in range(4):
         for d in range(20):
             if np.isnan(v[j, d]):
-                assert np.isnan(out[j, d])
+                assert np.isnan(out[j, d]) and np.isnan(med[j, d])
                 continue
-            ref = [v[j, x] for x in range(max(0, d - window), d) if np.isfinite(v[j, x])] if d >= min_ref else []
-            if len(ref) < min_ref:
-                ref = []
-                for x in range(20):
-                    if len(ref) >= window:
-                        break
-                    if x != d and np.isfinite(v[j, x]):
-                        ref.append(v[j, x])
-                    if x >= d and len(ref) >= min_ref:
-                        break
-            r = np.array(ref)
+            s = d - d % step
+            r = v[j, max(0, s - window):s]
+            r = r[np.isfinite(r)]
+            if r.size < min_ref:
+                r = v[j, :window]
+                r = r[np.isfinite(r)]
             mad = np.median(np.abs(r - np.median(r)))
             assert out[j, d] == pytest.approx((v[j, d] - np.median(r)) / (1.4826 * mad + floor))
             assert med[j, d] == pytest.approx(np.median(r))
+
+
+def test_group_median_mad_matches_numpy() -> None:
+    """Per group and day, the NaN-skipping median and MAD over the group's meters."""
+    rng = np.random.default_rng(8)
+    v = rng.normal(size=(9, 5))
+    v[2, 1] = np.nan
+    group = np.array([0, 1, 0, 2, 1, 0, 2, 2, 1])
+    order = np.argsort(group, kind="stable").astype(np.int64)
+    ptr = np.array([0, 3, 6, 9], dtype=np.int64)
+    med, mad = np.empty_like(v), np.empty_like(v)
+    k.group_median_mad(v, ptr, order, med, mad)
+    for g in range(3):
+        rows = group == g
+        m = np.nanmedian(v[rows], axis=0)
+        assert np.allclose(med[rows], m[None, :])
+        assert np.allclose(mad[rows], np.nanmedian(np.abs(v[rows] - m), axis=0)[None, :])
 
 
 def test_trailing_run_is_the_best_run_ending_each_day() -> None:

@@ -275,57 +275,85 @@ def meter_day_features(
 def trailing_robust_z(
     values: np.ndarray,  # float64 [meters, days]
     window: int,  # days of own history
-    min_ref: int,  # fewest reference days; with fewer behind, the first days ahead are used
+    step: int,  # days per block sharing one reference
+    min_ref: int,  # fewest reference values; with fewer behind, the first `window` days are used
     floor: float,  # least robust scale (a feature that never moved must move this much)
     out: np.ndarray,  # float64 [meters, days] out: (value - median) / (1.4826 MAD + floor)
     median_out: np.ndarray,  # float64 [meters, days] out: the reference median
 ) -> None:
-    """Each meter-day against the same meter's `window` days before it: the robust z-score
-    of its value. Before `min_ref` days of history exist, the reference is the first
-    `min_ref` to `window` days of the window other than the day itself (a start-up rule:
-    the earliest days are compared with the days that follow). NaN values are skipped;
-    fewer than 3 reference values give NaN."""
+    """Each meter-day against the same meter's own past: the robust z-score of its value.
+
+    Days go in blocks of `step` days; every day of the block starting on day s is compared
+    with the median and MAD of the meter's values on days s - window .. s - 1 (one median
+    per block, not per day: a week's reference is the month before it). A block with fewer
+    than `min_ref` values behind it (the first week) is compared with the first `window`
+    days of the view, itself included: the start-up rule. NaN values are skipped; fewer
+    than 3 reference values give NaN."""
     n_days = values.shape[1]
     for j in prange(values.shape[0]):
-        ref = np.empty(max(window, 1))
-        dev = np.empty(max(window, 1))
-        for d in range(n_days):
-            x = values[j, d]
-            if x != x:
-                out[j, d] = np.nan
-                median_out[j, d] = np.nan
-                continue
+        ref = np.empty(max(window, n_days, 1))
+        dev = np.empty(max(window, n_days, 1))
+        for s in range(0, n_days, step):
             n = 0
-            if d >= min_ref:
-                for k in range(max(0, d - window), d):
-                    v = values[j, k]
-                    if v == v:
-                        ref[n] = v
-                        n += 1
+            for k in range(max(0, s - window), s):
+                v = values[j, k]
+                if v == v:
+                    ref[n] = v
+                    n += 1
             if n < min_ref:
                 n = 0
-                for k in range(0, n_days):
-                    if n >= window:
-                        break
-                    if k == d:
-                        continue
+                for k in range(min(window, n_days)):
                     v = values[j, k]
                     if v == v:
                         ref[n] = v
                         n += 1
-                    if k >= d and n >= min_ref:
-                        break
-            if n < 3:
-                out[j, d] = np.nan
-                median_out[j, d] = np.nan
-                continue
-            med = np.median(ref[:n])
-            median_out[j, d] = med
-            for k in range(n):
-                dev[k] = abs(ref[k] - med)
-            mad = np.median(dev[:n])
-            out[j, d] = (x - med) / (1.4826 * mad + floor)
+            med = np.nan
+            scale = np.nan
+            if n >= 3:
+                med = np.median(ref[:n])
+                for k in range(n):
+                    dev[k] = abs(ref[k] - med)
+                scale = 1.4826 * np.median(dev[:n]) + floor
+            for d in range(s, min(s + step, n_days)):
+                x = values[j, d]
+                median_out[j, d] = med if x == x else np.nan
+                out[j, d] = (x - med) / scale if x == x else np.nan
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def group_median_mad(
+    values: np.ndarray,  # float64 [meters, days]
+    group_ptr: np.ndarray,  # int64 [groups + 1]: CSR offsets into group_rows
+    group_rows: np.ndarray,  # int64 [members]: rows of `values` in each group
+    median_out: np.ndarray,  # float64 [meters, days] out: median of the meter's group that day (NaN skipped)
+    mad_out: np.ndarray,  # float64 [meters, days] out: its median absolute deviation
+) -> None:
+    """Per meter-day, the median and MAD over the meters of its group that day; rows in no
+    group stay as they are (fill them before)."""
+    n_days = values.shape[1]
+    for g in prange(group_ptr.shape[0] - 1):
+        a = group_ptr[g]
+        b = group_ptr[g + 1]
+        buf = np.empty(b - a)
+        dev = np.empty(b - a)
+        for d in range(n_days):
+            n = 0
+            for k in range(a, b):
+                v = values[group_rows[k], d]
+                if v == v:
+                    buf[n] = v
+                    n += 1
+            med = np.nan
+            mad = np.nan
+            if n:
+                med = np.median(buf[:n])
+                for k in range(n):
+                    dev[k] = abs(buf[k] - med)
+                mad = np.median(dev[:n])
+            for k in range(a, b):
+                median_out[group_rows[k], d] = med
+                mad_out[group_rows[k], d] = mad
 
 
 __all__ = ["BAL_CORR", "CV", "FEATURES", "LAG1", "PROFILE_CORR", "TOTAL", "ZERO_H", "ZERO_KWH",
-           "balance_day_fits", "balance_residual", "balance_sums", "meter_day_features", "trailing_robust_z"]
+           "balance_day_fits", "balance_residual", "balance_sums", "group_median_mad", "meter_day_features", "trailing_robust_z"]

@@ -1,0 +1,75 @@
+"""All analytics and detectors over a month of a large fleet, against numpy.sum.
+
+Figures: 100,000 meters x 2,880 intervals (30 days at 15 minutes, float32, ~1% missing),
+1,000 buildings of a master meter and 99 sub-meters (bench_load's fleet): the theft score
+(`twin.theft.theft_scores`), the anomaly scores (`twin.anomaly.anomaly_scores`, when that
+module exists), the load analytics of bench_load together, and all of them in one go,
+each against single-threaded `numpy.sum` over the same array in the same run. Issue 7's
+goal: all analytics and detectors at most 20 times numpy.sum. With METERTWIN_BENCH_QUICK=1:
+20,000 meters.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numba
+import numpy as np
+
+from bench.bench_load import TOU, TZ, best_seconds, fleet, topology
+from bench.harness import Report, quick
+from twin.detect import DetectView
+from twin.kernels import load
+from twin.tariffs import parse_tariff, price_tables
+from twin.theft import theft_scores
+
+
+def run(report: Report) -> None:
+    meters, intervals = (20_000 if quick() else 100_000), 30 * 96
+    matrix = fleet(meters, intervals)
+    topo = topology(meters)
+    site = load.site_index(topo)
+    start = int(datetime(2026, 7, 1, tzinfo=ZoneInfo(TZ)).timestamp())
+    cal = load.local_calendar(start, intervals, 900, TZ)
+    band = price_tables([parse_tariff("tou", TOU)], start, intervals, 900, TZ).band[0]
+    view = DetectView(matrix, topo, cal)
+    numpy_s = best_seconds(lambda: np.sum(matrix), 3)
+    try:
+        from twin.anomaly import anomaly_scores
+    except ImportError:
+        anomaly_scores = None
+
+    def analytics() -> None:
+        whole = load.day_summary(matrix, cal)
+        for kind in ("week", "month", "year"):
+            summary = load.period_summary(whole, cal, kind)
+            summary.load_factor, summary.peak_kw, summary.peak_utc  # noqa: B018 - computed when read
+        load.band_totals(matrix, cal, band)
+        load.building_profiles(load.typical_profile(matrix, cal), site)
+        load.year_on_year(whole, cal, site)
+        load.year_on_year(whole, cal, site, by_building=True)
+        load.energy_balance(whole, site)
+
+    def everything() -> None:
+        analytics()
+        if anomaly_scores is not None:
+            anomaly_scores(view)
+        theft_scores(view)
+
+    steps: list[tuple[str, Callable[[], object]]] = [("theft score (balance + pattern features)",
+                                                      lambda: theft_scores(view))]
+    if anomaly_scores is not None:
+        steps.append(("anomaly scores (every kind)", lambda: anomaly_scores(view)))
+    steps += [("load analytics (bench_load, together)", analytics),
+              ("all analytics and detectors", everything)]
+    size = f"{meters:,} x {intervals:,} float32, {matrix.nbytes / 1e9:.2f} GB; {numba.get_num_threads()} threads"
+    if quick():
+        size += "; QUICK size"
+    if anomaly_scores is None:
+        size += "; twin.anomaly absent"
+    for name, work in steps:
+        seconds = best_seconds(work, 1)
+        report.add(f"detect: {name}", seconds, "s", "single-threaded numpy.sum, same array", numpy_s,
+                   note=f"{size}; issue goal for all together <= 20")
