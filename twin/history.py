@@ -6,12 +6,18 @@ A history is a directory:
     topology.json          site, time zone, interval, one column per metered twin
     intervals/YYYY-MM.f32  raw little-endian float32, row-major [interval, column], one file
                            per UTC calendar month; row r starts at month start + r * interval_s
+    intervals/YYYY-MM.json {"first_row": N} when the month file starts after row 0
+    rollups/LEVEL/YYYY-MM.f32, .missing.u16
+                           sums per 15 min, hour and UTC day (and missing counts) of a month
+                           whose raw readings left the retention window (optional)
     ground_truth.csv       twin,kind,start,end,params of injected faults and thefts (optional)
 
 A value is the energy (kWh) or volume (m3) measured in the interval; NaN means missing,
 never 0. One interval of the whole fleet is one contiguous row, so a live writer appends
 it in one write and `numpy.memmap` maps a month without parsing. A trailing partial row
-(a torn write) is ignored by readers and cut off by the next writer.
+(a torn write) is ignored by readers and cut off by the next writer. Late readings land
+cell by cell (`HistoryWriter.write_cells`); reads say their interval (`History.read`'s
+`interval_s`, `read_finest`) and sum to coarser ones, NaN only where all are missing.
 """
 
 from __future__ import annotations
