@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from itertools import repeat
 
 import numpy as np
 
@@ -111,14 +112,22 @@ class ReadingLines:
     def build(self, start_utc: int, row: np.ndarray) -> tuple[str, int]:
         """(text, lines) for one interval row: a line per finite reading, joined by
         newlines; float32 values written with 9 significant digits, which round-trip."""
-        keep = np.flatnonzero(np.isfinite(row))
-        if keep.size == 0:
+        finite = np.isfinite(row)
+        n = int(finite.sum())
+        if n == 0:
             return "", 0
-        stamp = f" {int(start_utc) * 1000}"
-        prefixes = self.prefixes
-        text = "\n".join([f"{prefixes[i]}{v:.9g}{stamp}"
-                          for i, v in zip(keep.tolist(), row[keep].tolist(), strict=True)])
-        return text, int(keep.size)
+        if n == row.shape[0]:
+            prefixes, values = self.prefixes, row.tolist()
+        else:
+            keep = np.flatnonzero(finite)
+            prefixes, values = [self.prefixes[i] for i in keep.tolist()], row[keep].tolist()
+        # one join over [prefix, value, stamp, prefix, ...]: about 1.5x an f-string per line
+        parts: list[str] = [""] * (3 * n)
+        parts[0::3] = prefixes
+        parts[1::3] = map(format, values, repeat(".9g"))
+        parts[2::3] = repeat(f" {int(start_utc) * 1000}\n", n)
+        parts[-1] = parts[-1][:-1]
+        return "".join(parts), n
 
     def build_block(self, first_start_utc: int, block: np.ndarray) -> Iterable[tuple[str, int]]:
         """(text, lines) per row of an [intervals, columns] block, skipping empty rows."""

@@ -8,8 +8,8 @@ Three stages, each bounded:
    `metertwin export --from --until` sends it later).
 2. The appender thread turns rows into line protocol, reads new ledger transfers by id
    (its own read-only connection to ledger.sqlite: every movement, whichever code made
-   it), and appends both to the spool on disk (fsync'd). Past `spool_bytes` unsent it
-   drops and counts too.
+   it), and appends both to the spool on disk (fsync'd once it has caught up, and every
+   second while busy; see spool.py). Past `spool_bytes` unsent it drops and counts too.
 3. The sender thread posts the oldest unsent batches in order through influxdb-client,
    retrying with backoff while the server is slow or away, and moves the spool's cursor
    only after a 2xx.
@@ -133,7 +133,7 @@ class InfluxSink:
 
     def _append_loop(self) -> None:
         ledger: sqlite3.Connection | None = None
-        next_poll = 0.0
+        next_poll = last_sync = 0.0
         while True:
             with self._cond:
                 if not self._queue and not self._stop_appending.is_set() and not self._poll_now.is_set():
@@ -156,6 +156,11 @@ class InfluxSink:
                         ledger = sqlite3.connect(f"file:{self.ledger_path}?mode=ro", uri=True, timeout=10.0)
                     if ledger is not None:
                         self._spool_ledger(ledger)
+                # fsync once caught up, and every second while busy (see spool.py: a power cut
+                # loses at most that much, and the platform produces it again)
+                if self.spool.dirty and (not self._queue or time.monotonic() - last_sync >= 1.0):
+                    self.spool.sync()
+                    last_sync = time.monotonic()
             except (OSError, sqlite3.Error) as err:
                 self._error(f"spooling: {type(err).__name__}: {err}")
             finally:
@@ -193,15 +198,16 @@ class InfluxSink:
                 parts, count = [], 0
         if parts or through != self.spool.marks.get("readings_through", -1):
             self._append_text(parts, count, self._marks(readings_through=through))
-        self.spool.sync()
-        self._appended.set()
 
     def _append_text(self, parts: list[str], count: int, marks: dict[str, int]) -> None:
+        """Append one record, fsync'd, and wake the sender: it may post this record while
+        the next is being built."""
         body = "\n".join(parts).encode()
         if self._room(count, len(body)):
             self.spool.append(body, count, marks, sync=False)
         else:
             self.spool.append(b"", 0, marks, sync=False)  # the marks still move: a replay must not resend
+        self._appended.set()
 
     def _spool_ledger(self, db: sqlite3.Connection) -> None:
         site = self.topology.site
@@ -213,8 +219,6 @@ class InfluxSink:
                 return
             text = "\n".join(ledger_lines(site, *row) for row in rows)
             self._append_text([text], 2 * len(rows), self._marks(ledger_through=int(rows[-1][0])))
-            self.spool.sync()
-            self._appended.set()
 
     # -- sender -------------------------------------------------------------------------
 

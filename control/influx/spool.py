@@ -10,11 +10,16 @@ A spool is a directory:
 A record is a 16-byte header (magic ``MTS1``, payload length, CRC-32 of the payload, line
 count; little-endian) and its payload: one JSON line of marks (``{"readings_through": t,
 "ledger_through": id}``, what the batch brings the sink up to), then the line protocol.
-An append is written and fsync'd before it counts; a torn record at the end of the last
-segment (a writer killed mid-append) is cut off when the spool opens. The cursor moves
-only after a 2xx, by writing cursor.json.tmp, fsync, rename, fsync of the directory, so
-a sender killed at any point resends at most the batches it had in flight, never skips
-one. Segments wholly before the cursor are deleted.
+A record counts once it is written (a killed process loses nothing the kernel has); the
+appender fsyncs whenever it has caught up, and at least every second while busy, so a
+power cut loses at most the last second of appends. On open the spool keeps its longest
+valid prefix: a torn or damaged record, and everything after it, is cut off, and the
+marks are those of what is left, so whatever was lost is produced again (the platform
+replays its world; ledger transfers are read again by id). The cursor moves only after a
+2xx, by writing cursor.json.tmp, fsync, rename, fsync of the directory, so a sender killed
+at any point resends at most the batches it had in flight, never skips one. Segments
+wholly before the cursor are deleted. Records appended by this process are kept in memory
+too (up to `cache_bytes`), so the sender rarely reads them back from disk.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import os
 import struct
 import threading
 import zlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,10 +74,14 @@ class Spool:
     One appender thread and one sender thread may use it at once.
     """
 
-    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES) -> None:
+    def __init__(self, directory: Path, segment_bytes: int = SEGMENT_BYTES, cache_bytes: int = 128 << 20) -> None:
         self.directory = Path(directory)
         self.directory.mkdir(parents=True, exist_ok=True)
         self.segment_bytes = segment_bytes
+        self.cache_bytes = cache_bytes
+        self._cache: OrderedDict[tuple[int, int], Record] = OrderedDict()
+        self._cached_bytes = 0
+        self.dirty = False  #: appended since the last fsync
         self._lock = threading.Lock()
         self.marks: dict[str, int] = {}
         self.cursor = self._read_cursor()  # also loads the marks of what was sent
@@ -88,9 +98,16 @@ class Spool:
             _fsync_dir(self.directory)
         if self.cursor[0] < segments[0]:
             self.cursor = (segments[0], 0)
-        for number in segments:
-            self._scan(number, last=number == segments[-1])
+        for i, number in enumerate(segments):
+            if not self._scan(number):  # damaged here: the valid prefix ends in this segment
+                for later in segments[i + 1:]:
+                    self._path(later).unlink()
+                segments = segments[:i + 1]
+                break
         self.segment = segments[-1]
+        end = self._path(self.segment).stat().st_size
+        if self.cursor > (self.segment, end):
+            self.cursor = (self.segment, end)  # sent, then lost in a power cut: nothing left to send
         self._fd = os.open(self._path(self.segment), os.O_WRONLY | os.O_APPEND)
         self.end = os.fstat(self._fd).st_size  #: committed end of the last segment
 
@@ -114,8 +131,9 @@ class Spool:
             raise SpoolError(f"{path}: not a spool cursor ({err}); it should read "
                              '{"segment": N, "offset": BYTES}') from None
 
-    def _scan(self, number: int, last: bool) -> None:
-        """Count unsent lines and learn the marks; cut a torn tail off the last segment."""
+    def _scan(self, number: int) -> bool:
+        """Count unsent lines and learn the marks; cut a torn or damaged record and what
+        follows it off (False then: later segments go too)."""
         path = self._path(number)
         size = path.stat().st_size
         start = self.cursor[1] if number == self.cursor[0] else 0
@@ -129,20 +147,18 @@ class Spool:
                 magic, length, crc, lines = HEADER.unpack(head)
                 if magic != MAGIC or pos + HEADER.size + length > size:
                     break
-                if pos >= start or last:
-                    payload = f.read(length)
-                    if zlib.crc32(payload) != crc:
-                        break
-                    self._merge(json.loads(payload.split(b"\n", 1)[0]))
+                payload = f.read(length)  # every record is checked: a damaged one ends the valid prefix
+                if zlib.crc32(payload) != crc:
+                    break
+                self._merge(json.loads(payload.split(b"\n", 1)[0]))
                 if pos >= start:
                     self.unsent_lines += lines
                     self.unsent_bytes += HEADER.size + length
                 pos += HEADER.size + length
         if pos < size:
-            if not last:
-                raise SpoolError(f"{path}: damaged record at byte {pos} inside the spool (not at its end); "
-                                 "move the file aside to go on")
-            os.truncate(path, pos)  # a torn append: it never counted
+            os.truncate(path, pos)  # a torn append, or pages a power cut lost: produced again
+            return False
+        return True
 
     # -- appending ----------------------------------------------------------------------
 
@@ -155,9 +171,15 @@ class Spool:
         written = os.write(self._fd, record)
         if written != len(record):
             raise SpoolError(f"{self._path(self.segment)}: short write ({written} of {len(record)} bytes): disk full?")
+        self.dirty = True
         if sync:
-            os.fsync(self._fd)
+            self.sync()
         with self._lock:
+            self._cache[(self.segment, self.end)] = Record(self.segment, self.end, self.end + len(record), lines,
+                                                           dict(marks), body)
+            self._cached_bytes += len(body)
+            while self._cached_bytes > self.cache_bytes and self._cache:
+                self._cached_bytes -= len(self._cache.popitem(last=False)[1].body)
             self.end += len(record)
             self.unsent_lines += lines
             self.unsent_bytes += len(record)
@@ -169,6 +191,7 @@ class Spool:
 
     def sync(self) -> None:
         """fsync what was appended with sync=False."""
+        self.dirty = False
         os.fsync(self._fd)
 
     def _roll(self) -> None:
@@ -199,6 +222,10 @@ class Spool:
             segment, offset = segment + 1, 0
 
     def _read(self, segment: int, offset: int) -> Record:
+        with self._lock:
+            cached = self._cache.get((segment, offset))
+        if cached is not None:
+            return cached
         path = self._path(segment)
         with path.open("rb") as f:
             f.seek(offset)
@@ -225,6 +252,8 @@ class Spool:
             self.cursor = (segment, end)
             self.unsent_lines -= lines
             self.unsent_bytes -= nbytes
+            while self._cache and next(iter(self._cache)) < (segment, end):
+                self._cached_bytes -= len(self._cache.popitem(last=False)[1].body)
         for number in range(old, segment):
             self._path(number).unlink(missing_ok=True)
 

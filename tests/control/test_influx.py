@@ -202,6 +202,25 @@ def test_spool_cuts_a_torn_append_and_keeps_its_marks(tmp_path):
     assert bodies == [b"m f=0 0", b"m f=1 1", b"m f=9 9"]
 
 
+def test_spool_keeps_its_longest_valid_prefix(tmp_path):
+    """A damaged record inside the spool (pages a power cut lost) ends it: that record and
+    every later one, in later segments too, are cut off and the marks fall back to what is
+    left, so the platform produces the rest again instead of refusing to start."""
+    spool = Spool(tmp_path, segment_bytes=HEADER.size + 60)
+    for k in range(4):
+        spool.append(f"m f={k} {k}".encode(), 1, {"readings_through": k}, sync=False)
+    spool.close()
+    second = tmp_path / "seg-000000000002.spool"
+    data = bytearray(second.read_bytes())
+    data[-1] ^= 0xFF
+    second.write_bytes(bytes(data))
+    again = Spool(tmp_path)
+    assert again.unsent_lines == 1 and again.marks == {"readings_through": 0}
+    assert sorted(p.name for p in tmp_path.glob("seg-*.spool")) == ["seg-000000000001.spool",
+                                                                    "seg-000000000002.spool"]
+    assert second.stat().st_size == 0
+
+
 def test_spool_cursor_moves_only_on_ack_and_trims_segments(tmp_path):
     """Segments roll at their size; an ack moves the cursor durably and deletes the
     segments before it; a reopened spool starts at the cursor with the sent marks."""
