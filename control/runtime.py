@@ -37,6 +37,7 @@ from control.auth import Auth
 from control.batch import TaskBook
 from control.billing import LiveBilling
 from control.commands import Command, CommandBook
+from control.detect_live import attach
 from control.influx import sink_for
 from control.meter_billing import MeterBilling
 from control.modbus_link import GatewayAddress, ModbusDevice, ModbusLink
@@ -219,6 +220,7 @@ class Platform:
         self.lock = asyncio.Lock()  # binds to the running loop on first use
         self.stopping = False
         self.topups: TopUpBatcher | None = None
+        self.detectors = attach(self)  # anomaly and theft detectors, alarms with evidence
 
     # -- composition --------------------------------------------------------------------
 

@@ -12,11 +12,12 @@ Each kind is a rule with its parameters in `AnomalyParams` (defaults below, one 
   consume (their median day total is above 0). Electric: alarm at `stuck_electric_h` (above
   the 12 h a theft of kind h2 may switch off). Water meters go quiet for a day when the
   household is away, so a water meter also needs its room's electric meter to show the
-  household at home that day (a day total of at least `presence_share` of its median
-  over days it was read in full and not itself stuck); without an electric meter in the
-  room, `stuck_water_alone_h` applies. A run that ends inside the day counts only its part
-  inside the day; one still open at midnight counts whole, so a quiet night after an away
-  day is not a stuck meter, and a meter still at zero at midnight is.
+  household at home that day (a day total of at least `presence_share` of its upper
+  quartile over at least `presence_days` days it was read in full and not itself stuck);
+  without an electric meter in the room, `stuck_water_alone_h` applies. A run that ends
+  inside the day counts only its part inside the day; one still open at midnight counts
+  whole, so a quiet night after an away day is not a stuck meter, and a meter still at
+  zero at midnight is.
 - backwards: the sum of negative readings in the day; alarm at `backwards_min` (kWh or m3).
 - jump: the day's largest reading (a reading after k missing ones counts as its mean over
   k + 1, so a catch-up after an outage is not a jump) against the meter's median daily
@@ -87,7 +88,8 @@ class AnomalyParams:
     stuck_water_h: float = 16.0  #: hours of zeros on a water meter whose household is at home
     stuck_water_alone_h: float = 48.0  #: hours of zeros on a water meter with no electric meter beside it
     stuck_min_use: float = 0.05  #: a meter is in use once a day total reached this (kWh or m3)
-    presence_share: float = 0.4  #: electric day total over its median that says the household is at home
+    presence_share: float = 0.4  #: electric day total over its usual day (upper quartile) that says "at home"
+    presence_days: int = 3  #: clean electric days needed before presence can be told
     backwards_min: float = 1e-3  #: negative readings summing to this (kWh or m3) in a day
     jump_ratio: float = 25.0  #: largest reading against its usual daily largest
     jump_floor_per_h: float = 0.1  #: the usual largest is at least this per hour (kWh or m3)
@@ -335,8 +337,9 @@ def _groups(view: DetectView) -> tuple[np.ndarray, int]:
 def _presence(view: DetectView, total: np.ndarray, clean: np.ndarray,
               p: AnomalyParams) -> tuple[np.ndarray, np.ndarray]:
     """bool [columns, days]: an electric meter's day total is at least presence_share of its
-    median over its `clean` days (read in full, not stuck) and the day is clean (the
-    household is at home); and, per column, the electric meter of its room (-1)."""
+    usual day (the upper quartile of its `clean` days: read in full, not stuck; with
+    presence_days of them at least) and the day is clean (the household is at home); and,
+    per column, the electric meter of its room (-1)."""
     cols = view.topology.columns
     elec_of_room: dict[str, int] = {}
     for i, c in enumerate(cols):
@@ -346,8 +349,9 @@ def _presence(view: DetectView, total: np.ndarray, clean: np.ndarray,
                        dtype=np.int64)
     with np.errstate(all="ignore"), warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
-        median = np.nanmedian(np.where(clean, total, np.nan), axis=1) if total.shape[1] else np.zeros(len(cols))
-    home = clean & (total >= p.presence_share * np.nan_to_num(median, nan=np.inf)[:, None])
+        usual = np.nanpercentile(np.where(clean, total, np.nan), 75, axis=1) if total.shape[1] else np.zeros(len(cols))
+    usual[clean.sum(axis=1) < p.presence_days] = np.inf  # too short a record to tell
+    home = clean & (total >= p.presence_share * np.nan_to_num(usual, nan=np.inf)[:, None])
     return home, elec_of
 
 

@@ -135,7 +135,7 @@ def schedule_scores(
     off_share: float,  # a slot on in at most this share of the baseline days is an off slot
     threshold_h: float,  # a day scoring this or more is left out of the baseline
     interval_h: float,
-    scores: np.ndarray,  # float32 [k, days] out: hours on in off slots; NaN without a baseline
+    scores: np.ndarray,  # float32 [k, days] out: hours on in off slots; NaN without a baseline or a reading
     off_slots: np.ndarray,  # int32 [k, days] out: off slots of the learned schedule
 ) -> None:
     """Off-schedule: learn each circuit's schedule from its earlier days (the share of days
@@ -157,8 +157,11 @@ def schedule_scores(
             hours = 0.0
             n_off = 0
             any_base = False
+            read = 0
             for i in range(lo, hi):
                 s = slot[i]
+                if matrix[c, i] == matrix[c, i]:
+                    read += 1
                 if seen_days[s] > 0:
                     any_base = True
                     if on_days[s] <= off_share * seen_days[s]:
@@ -167,7 +170,7 @@ def schedule_scores(
                         if v > level and top > 0:
                             hours += interval_h
             off_slots[k, d] = n_off
-            scores[k, d] = hours if any_base else np.nan
+            scores[k, d] = hours if any_base and read > 0 else np.nan
             if not (hours >= threshold_h):
                 for i in range(lo, hi):
                     v = matrix[c, i]

@@ -1,0 +1,189 @@
+"""The detectors live: a periodic task of the platform that scores the recent history and
+keeps the alarm book in step with the scores.
+
+`attach(platform)` registers one task ("anomaly detection"). Each run, in the tick thread
+under the platform lock like every periodic task (never on the event loop), it:
+
+1. looks at the history the platform writes (`platform.history`); when no new rows have
+   landed since the last run it stops there (the world writes a day at a time, so the
+   detectors run once per simulated day however often the task wakes up);
+2. reads the last `window_days` site-local days up to the end of what was written, with
+   the valve and relay changes of that window: commands sent (`platform.commands`' store)
+   and the changes devices reported (the simulated world's log, when the platform runs
+   one; never its injection records);
+3. runs `twin.anomaly.anomaly_scores` and, when `twin.theft` is installed, `theft_scores`;
+4. for each kind and twin, takes the latest day with a score: at or above the threshold,
+   it raises an alarm of that kind on the twin (the alarm book keeps one open alarm per kind
+   and twin: a repeat refreshes it, never opens a second) with the day, score, threshold and
+   the detector's line of evidence; below it, it clears the open alarm of that kind. A twin
+   without a score (no data) keeps its alarm as it is.
+
+`offline` is left to the runtime's own check (silent for two intervals, from the reported
+timestamps), which raises and clears alarms of that kind sooner than a day's scores can.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from datetime import time as clock
+from typing import TYPE_CHECKING, Any
+from zoneinfo import ZoneInfo
+
+import numpy as np
+
+from twin.alarms import Severity
+from twin.anomaly import anomaly_scores
+from twin.detect import DayScores, DetectView, Event, valve_columns
+from twin.history import History, HistoryError
+from twin.kernels.load import local_calendar
+
+if TYPE_CHECKING:
+    from control.runtime import Platform
+
+log = logging.getLogger("metertwin.detect")
+
+#: Alarm severity of each kind the live detectors raise.
+SEVERITY: dict[str, Severity] = {
+    "stuck": Severity.WARNING,
+    "backwards": Severity.WARNING,
+    "jump": Severity.WARNING,
+    "level_shift": Severity.INFO,
+    "leak": Severity.MAJOR,
+    "valve_stuck_open": Severity.MAJOR,
+    "elevator_drift": Severity.WARNING,
+    "off_schedule": Severity.WARNING,
+    "theft": Severity.MAJOR,
+}
+#: Kinds the runtime handles itself.
+LEFT_TO_RUNTIME = frozenset({"offline"})
+#: Command actions that are control events, and the event each becomes.
+COMMAND_EVENTS = {"valve_close": ("valve", "closed"), "valve_open": ("valve", "open"),
+                  "relay_open": ("relay", "open"), "relay_close": ("relay", "closed")}
+
+
+@dataclass
+class LiveDetector:
+    """The state of the live detectors on one platform."""
+
+    platform: Platform  #: the platform whose history and alarms it works on
+    window_days: int = 10  #: site-local days of history scored each run
+    every_s: float = 900.0  #: platform seconds between looks at the history
+    last_end: int | None = None  #: history end at the last scoring run
+    runs: int = 0  #: scoring runs done
+    seconds: float = 0.0  #: wall seconds spent scoring, all runs
+    raised: int = 0  #: alarms opened
+    cleared: int = 0  #: alarms cleared
+    _history: History | None = field(default=None, repr=False)
+
+    def history(self) -> History:
+        """The platform's history opened for reading (once)."""
+        if self._history is None:
+            self._history = History(self.platform.history.directory)
+        return self._history
+
+    def view(self) -> DetectView | None:
+        """The last `window_days` local days of history up to what was written, or None
+        when nothing new landed since the last run."""
+        history = self.history()
+        end = history.end
+        if end is None or end == self.last_end:
+            return None
+        topology = history.topology
+        tz = ZoneInfo(topology.timezone)
+        last_day = datetime.fromtimestamp(end - 1, tz=tz).date()
+        first = datetime.combine(last_day - timedelta(days=self.window_days - 1), clock(), tzinfo=tz)
+        start = max(int(first.timestamp()), history.start or end)
+        start -= start % history.interval_s
+        matrix = history.read(start, end)
+        calendar = local_calendar(start, matrix.shape[1], history.interval_s, topology.timezone)
+        self.last_end = end
+        return DetectView(matrix, topology, calendar, self.events(start, end, topology))
+
+    def events(self, start: int, end: int, topology: Any) -> list[Event]:
+        """Valve and relay changes in [start, end): commands sent, and what the simulated
+        world's devices reported."""
+        p = self.platform
+        column_of = valve_columns(topology, getattr(p.commands, "valve_meter", None))
+        out: list[Event] = []
+        rows = p.store.db.execute(
+            "SELECT twin, action, sent FROM commands WHERE sent IS NOT NULL AND sent >= ? AND sent < ? "
+            "AND action IN ('valve_close', 'valve_open', 'relay_open', 'relay_close') ORDER BY sent", (start, end))
+        for row in rows:
+            kind, value = COMMAND_EVENTS[row["action"]]
+            out.append(Event(int(row["sent"]), row["twin"], kind, value, column_of(row["twin"])))
+        for e in getattr(p.world, "events", []):
+            if e.event in ("valve", "relay") and start <= e.utc < end and e.value in ("open", "closed"):
+                out.append(Event(int(e.utc), e.twin, e.event, e.value, column_of(e.twin)))
+        out.sort(key=lambda e: (e.t_utc, e.twin, e.kind))
+        return out
+
+    def run(self, now: float) -> None:
+        """One look at the history: score it if it grew, and bring the alarms in step."""
+        view = self.view()
+        if view is None or view.n_days == 0:
+            return
+        started = time.perf_counter()
+        scores = dict(anomaly_scores(view))
+        try:
+            from twin.theft import theft_scores
+        except ImportError:  # theft detection not installed
+            pass
+        else:
+            scores.update(theft_scores(view))
+        for kind, day_scores in scores.items():
+            if kind not in LEFT_TO_RUNTIME:
+                self.apply(view, day_scores, now)
+        self.runs += 1
+        self.seconds += time.perf_counter() - started
+
+    def apply(self, view: DetectView, scores: DayScores, now: float) -> None:
+        """Raise or clear the alarms of one kind from the latest scored day of each twin."""
+        p = self.platform
+        s = scores.scores
+        if s.shape[1] == 0:
+            return
+        finite = np.isfinite(s)
+        has = finite.any(axis=1)
+        latest = s.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1)  # last finite day per twin
+        values = s[np.arange(s.shape[0]), latest]
+        severity = SEVERITY.get(scores.kind, Severity.WARNING)
+        ids = view.topology.ids
+        for c in np.flatnonzero(has).tolist():
+            day = int(latest[c])
+            value = float(values[c])
+            twin = ids[c]
+            if value >= scores.threshold:
+                evidence = {"day": view.calendar.days[day].isoformat(), "score": round(value, 4),
+                            "threshold": scores.threshold, "evidence": scores.explain(c, day), "detector": scores.kind}
+                alarm, new = p.alarms.raise_(scores.kind, twin=twin, at=now, severity=severity, evidence=evidence)
+                if new:
+                    self.raised += 1
+                    p.alarm_changed(alarm, "raised")
+                    log.info("%s on %s: %s", scores.kind, twin, evidence["evidence"])
+            else:
+                cleared = p.alarms.clear_subject(scores.kind, twin=twin, at=now)
+                if cleared is not None:
+                    self.cleared += 1
+                    p.alarm_changed(cleared, "cleared")
+
+    def status(self) -> dict[str, object]:
+        """Figures for the health page."""
+        return {"runs": self.runs, "seconds": round(self.seconds, 3), "raised": self.raised, "cleared": self.cleared,
+                "scored_until": self.last_end}
+
+
+def attach(platform: Platform, *, window_days: int = 10, every_s: float | None = None) -> LiveDetector:
+    """Register the live detectors on `platform` as a periodic task; returns their state."""
+    try:
+        interval = platform.history.interval_s
+    except AttributeError as err:
+        raise HistoryError("the platform has no history writer to score") from err
+    detector = LiveDetector(platform, window_days, every_s or float(interval))
+    platform.every("anomaly detection", detector.every_s, detector.run)
+    return detector
+
+
+__all__ = ["LiveDetector", "SEVERITY", "attach"]
