@@ -142,7 +142,9 @@ def meter_day_features(
     window: int,  # days of own history behind PROFILE_CORR
     out: np.ndarray,  # float64 [6, meters, days] out: FEATURES
 ) -> None:
-    """The features of the module docstring for every meter and local day."""
+    """The features of the module docstring for every meter and local day: one pass over
+    each day's readings for everything but PROFILE_CORR, which re-reads the day (in cache)
+    against the mean day kept as running sums."""
     n_days = day_bounds.shape[0] - 1
     sub_daily = n_slots > 1
     for j in prange(meters.shape[0]):
@@ -150,65 +152,64 @@ def meter_day_features(
         prof = np.zeros((n_days + 1, n_slots))  # cumulative day profiles (NaN as 0)
         seen = np.zeros((n_days + 1, n_slots))  # cumulative counts of readings
         qs = np.zeros((n_days, QUARTERS, 3))  # per quarter: sum dx*dr, dx*dx, dr*dr
+        ref = np.empty(n_slots)
         rrow = residual_row[j]
+        has_res = sub_daily and rrow >= 0
+        res = residual[max(rrow, 0)]
         for d in range(n_days):
             a = day_bounds[d]
             b = day_bounds[d + 1]
-            total = 0.0
             n = 0
-            s1 = 0.0
-            s2 = 0.0
+            s1 = s2 = 0.0
+            pn = 0  # pairs of consecutive readings: sums of x_prev, x, x_prev * x
+            p0 = p1 = p01 = 0.0
             run = 0
             longest = 0
-            prof[d + 1] = prof[d]
-            seen[d + 1] = seen[d]
+            cum = prof[d + 1]
+            cnt = seen[d + 1]
+            cum[:] = prof[d]
+            cnt[:] = seen[d]
+            x0 = np.float64(row[a - 1]) if a > 0 else np.nan
+            r0 = res[a - 1] if a > 0 else np.nan
             for t in range(a, b):
-                v = np.float64(row[t])
-                if v == v:
-                    total += v
+                x = np.float64(row[t])
+                r = res[t]
+                if x == x:
                     n += 1
-                    s1 += v
-                    s2 += v * v
-                    run = run + 1 if v <= ZERO_KWH else 0
+                    s1 += x
+                    s2 += x * x
+                    run = run + 1 if x <= ZERO_KWH else 0
                     longest = max(longest, run)
-                    prof[d + 1, slot[t]] += v
-                    seen[d + 1, slot[t]] += 1.0
+                    k = slot[t]
+                    cum[k] += x
+                    cnt[k] += 1.0
+                    if x0 == x0 and t > a:
+                        pn += 1
+                        p0 += x0
+                        p1 += x
+                        p01 += x0 * x
+                    if has_res and x0 == x0 and r == r and r0 == r0 and t > 0:
+                        q = slot[t] * QUARTERS // n_slots
+                        dx = x - x0
+                        dr = r - r0
+                        qs[d, q, 0] += dx * dr
+                        qs[d, q, 1] += dx * dx
+                        qs[d, q, 2] += dr * dr
                 else:
                     run = 0
-            out[TOTAL, j, d] = total
+                x0 = x
+                r0 = r
+            out[TOTAL, j, d] = s1
             out[ZERO_H, j, d] = longest * interval_h
+            out[CV, j, d] = np.nan
+            out[LAG1, j, d] = np.nan
             if sub_daily and n >= 3:
                 mean = s1 / n
                 var = s2 / n - mean * mean
                 out[CV, j, d] = np.sqrt(max(var, 0.0)) / mean if mean > 0.0 else np.nan
-                # lag-1 autocorrelation about the day's mean, from the raw sums
-                lag_cov = 0.0
-                lag_m = 0
-                for t in range(a + 1, b):
-                    x0 = np.float64(row[t - 1])
-                    x1 = np.float64(row[t])
-                    if x0 == x0 and x1 == x1:
-                        lag_cov += (x0 - mean) * (x1 - mean)
-                        lag_m += 1
-                out[LAG1, j, d] = (lag_cov / lag_m) / var if var > 1e-12 and lag_m > 0 else np.nan
-            else:
-                out[CV, j, d] = np.nan
-                out[LAG1, j, d] = np.nan
-            # balance: first differences of the meter against its master's residual, by quarter
-            if sub_daily and rrow >= 0:
-                res = residual[rrow]
-                for t in range(max(a, 1), b):
-                    x0 = np.float64(row[t - 1])
-                    x1 = np.float64(row[t])
-                    r0 = res[t - 1]
-                    r1 = res[t]
-                    if x0 == x0 and x1 == x1 and r0 == r0 and r1 == r1:
-                        q = slot[t] * QUARTERS // n_slots
-                        dx = x1 - x0
-                        dr = r1 - r0
-                        qs[d, q, 0] += dx * dr
-                        qs[d, q, 1] += dx * dx
-                        qs[d, q, 2] += dr * dr
+                if var > 1e-12 and pn > 0:  # lag-1 covariance about the day's mean, from the pair sums
+                    lag_cov = (p01 - mean * (p0 + p1) + pn * mean * mean) / pn
+                    out[LAG1, j, d] = lag_cov / var
         for d in range(n_days):
             # own mean day over the window before d (the first days: the days after, up to window)
             lo = max(0, d - window)
@@ -216,46 +217,32 @@ def meter_day_features(
             if d < 3:
                 lo = d + 1
                 hi = min(n_days, d + 1 + window)
-            if not sub_daily or hi <= lo:
-                out[PROFILE_CORR, j, d] = np.nan
-            else:
-                a = day_bounds[d]
-                b = day_bounds[d + 1]
-                mx = 0.0
-                my = 0.0
+            out[PROFILE_CORR, j, d] = np.nan
+            if sub_daily and hi > lo:
+                for k in range(n_slots):
+                    c = seen[hi, k] - seen[lo, k]
+                    ref[k] = (prof[hi, k] - prof[lo, k]) / c if c > 0.0 else np.nan
                 m = 0
-                for t in range(a, b):
-                    v = np.float64(row[t])
-                    k = slot[t]
-                    cnt = seen[hi, k] - seen[lo, k]
-                    if v == v and cnt > 0.0:
-                        mx += v
-                        my += (prof[hi, k] - prof[lo, k]) / cnt
+                sx = sy = sxx = syy = sxy = 0.0
+                for t in range(day_bounds[d], day_bounds[d + 1]):
+                    x = np.float64(row[t])
+                    y = ref[slot[t]]
+                    if x == x and y == y:
                         m += 1
-                if m < 3:
-                    out[PROFILE_CORR, j, d] = np.nan
-                else:
-                    mx /= m
-                    my /= m
-                    sxy = sxx = syy = 0.0
-                    for t in range(a, b):
-                        v = np.float64(row[t])
-                        k = slot[t]
-                        cnt = seen[hi, k] - seen[lo, k]
-                        if v == v and cnt > 0.0:
-                            y = (prof[hi, k] - prof[lo, k]) / cnt - my
-                            x = v - mx
-                            sxy += x * y
-                            sxx += x * x
-                            syy += y * y
-                    out[PROFILE_CORR, j, d] = _corr(sxy, sxx, syy)
+                        sx += x
+                        sy += y
+                        sxx += x * x
+                        syy += y * y
+                        sxy += x * y
+                if m >= 3:
+                    out[PROFILE_CORR, j, d] = _corr(sxy - sx * sy / m, sxx - sx * sx / m, syy - sy * sy / m)
             # balance: best whole-day window (four quarters) ending in a quarter of day d
             best = np.nan
-            if sub_daily and rrow >= 0:
+            if has_res:
                 for q_end in range(QUARTERS):
                     sxy = sxx = syy = 0.0
-                    for k in range(QUARTERS):  # quarters q_end - 3 .. q_end, reaching into day d - 1
-                        qq = q_end - k
+                    for back in range(QUARTERS):  # quarters q_end - 3 .. q_end, reaching into day d - 1
+                        qq = q_end - back
                         dd = d
                         if qq < 0:
                             qq += QUARTERS
@@ -356,4 +343,5 @@ def group_median_mad(
 
 
 __all__ = ["BAL_CORR", "CV", "FEATURES", "LAG1", "PROFILE_CORR", "TOTAL", "ZERO_H", "ZERO_KWH",
-           "balance_day_fits", "balance_residual", "balance_sums", "group_median_mad", "meter_day_features", "trailing_robust_z"]
+           "balance_day_fits", "balance_residual", "balance_sums", "group_median_mad", "meter_day_features",
+           "trailing_robust_z"]
