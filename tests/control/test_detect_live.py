@@ -10,6 +10,7 @@ import pytest
 
 from control.detect_live import LEFT_TO_RUNTIME, SEVERITY
 from control.runtime import Platform
+from twin.alarms import Alarm
 
 SCENARIO = """\
 [site]
@@ -65,7 +66,7 @@ def platform(tmp_path):
     p.close()
 
 
-def detector_alarms(platform: Platform) -> dict[tuple[str, str], object]:
+def detector_alarms(platform: Platform) -> dict[tuple[str, str | None], Alarm]:
     return {(a.kind, a.twin): a for a in platform.alarms.open_alarms()
             if a.kind in SEVERITY and a.kind not in LEFT_TO_RUNTIME}
 
