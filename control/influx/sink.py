@@ -266,6 +266,7 @@ class InfluxSink:
                     continue
                 self._reject(batch, body, err)
                 self.rejected_lines += lines
+                body = b""  # kept aside, not sent
             attempt = 0
             self.spool.ack(last.segment, last.end, lines, nbytes, last.marks)
             if body:

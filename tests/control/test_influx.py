@@ -534,3 +534,62 @@ def test_platform_sends_readings_and_ledger_and_skips_replays(vm, tmp_path):
     ledger.close()
     assert transfers > 6
     assert len(vm.samples('{__name__="ledger_transfer",site="S-live"}')) == 2 * transfers
+
+
+class Answering:
+    """A real HTTP server on loopback that answers each POST with the next status of a
+    script (VictoriaMetrics never refuses a batch for good, so this stands in for an
+    InfluxDB that does), recording the bodies."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        script = list(statuses)
+        bodies: list[bytes] = []
+        self.bodies = bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:  # noqa: N802 - http.server's name
+                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                status = script.pop(0) if script else 204
+                self.send_response(status)
+                self.send_header("Content-Length", "2" if status != 204 else "0")
+                self.end_headers()
+                if status != 204:
+                    self.wfile.write(b"no")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_refused_batches_are_kept_aside_and_bad_tokens_retried(tmp_path):
+    """A 401 (token, org, bucket) is retried until the server takes the batch; a 400 (the
+    batch itself is wrong) moves it to rejected/ with the error, counts it, and the next
+    batch goes on: nothing is dropped silently."""
+    server = Answering([401, 401, 400])
+    topo = tricky_topology("S-refuse", 4)
+    rows = make_rows(topo, 2, seed=5)
+    sink = InfluxSink(Target(server.url), tmp_path / "spool", topo, max_backoff_s=0.05)
+    try:
+        sink.add_interval(T0, rows[0])
+        assert wait_until(lambda: sink.rejected_lines > 0)
+        sink.add_interval(T0 + 900, rows[1])
+        assert sink.flush(30)
+    finally:
+        sink.close()
+        server.close()
+    assert sink.retries == 2 and sink.rejected_lines == int(np.isfinite(rows[0]).sum())
+    assert sink.sent_lines == int(np.isfinite(rows[1]).sum())
+    assert "answered 400" in sink.status()["last_error"]
+    kept = list((tmp_path / "spool" / "rejected").glob("*.lp"))
+    assert len(kept) == 1 and kept[0].read_bytes() == server.bodies[2]
+    assert server.bodies[:3] == [server.bodies[0]] * 3 and len(server.bodies) == 4
