@@ -34,8 +34,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("metertwin.opcua")
 
-#: How long a method call waits for the device to confirm (wall seconds).
-METHOD_WAIT_S = 15.0
+#: How long a method call waits for the device to confirm (wall seconds): under the usual
+#: 10 s client timeout; a command still `sent` then is followed at /api/commands/{id}.
+METHOD_WAIT_S = 5.0
 #: Threshold name -> (twin kind, reported field compared, alarm kind).
 THRESHOLDS = {
     "power_limit_w": (Kind.ELECTRIC_METER, "power_w", "power_over_limit"),

@@ -53,8 +53,6 @@ MAX_CHILDREN = 100
 PUSH_S = 0.5
 #: Nodes added per batch before the loop gets a turn.
 BATCH = 5000
-#: How long a method waits for its command to be confirmed or fail (wall seconds).
-METHOD_WAIT_S = 20.0
 UNECE = "http://www.opcfoundation.org/UA/units/un/cefact"
 
 

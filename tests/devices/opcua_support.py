@@ -58,7 +58,7 @@ class PlatformRun:
         self.log = self.log_path.open("w")
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "control.cli", "run", str(scenario), "--data", str(self.data),
-             "--port", str(self.port), "--opcua-port", str(self.opcua_port), "--speed", "300",
+             "--port", str(self.port), "--opcua-port", str(self.opcua_port), "--speed", "120",
              "--start", "2026-03-02T18:00", *extra],
             stdout=self.log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
         self.wait_until(self._answers, "the HTTP and OPC UA servers")
@@ -101,6 +101,20 @@ class PlatformRun:
         if trust:
             (self.data / "opcua" / "trusted" / f"{name}.der").write_bytes(der)
         return cert_path, key_path
+
+    def confirmed(self, command_id: str, state: str) -> bool:
+        """True once the command is confirmed: at once when the method said so, else as
+        /api/commands/{id} follows it (the device may take longer than the call waits)."""
+        if state != "sent":
+            return state == "confirmed"
+        key = (self.data / "admin.key").read_text().strip()
+
+        def state_now() -> str:
+            answer = httpx.get(f"http://127.0.0.1:{self.port}/api/commands/{command_id}",
+                               headers={"Authorization": f"Bearer {key}"}, timeout=10)
+            return str(answer.json()["state"])
+        self.wait_until(lambda: state_now() != "sent", f"command {command_id} to finish")
+        return state_now() == "confirmed"
 
     def stop(self) -> int:
         self.proc.terminate()
