@@ -164,25 +164,26 @@ class Spool:
 
     def append(self, body: bytes, lines: int, marks: dict[str, int], sync: bool = True) -> None:
         """Append one batch and (by default) fsync it; it counts once this returns."""
-        payload = json.dumps(marks, separators=(",", ":")).encode() + b"\n" + body
-        record = HEADER.pack(MAGIC, len(payload), zlib.crc32(payload), lines) + payload
-        if self.end and self.end + len(record) > self.segment_bytes:
+        meta = json.dumps(marks, separators=(",", ":")).encode() + b"\n"
+        size = HEADER.size + len(meta) + len(body)
+        header = HEADER.pack(MAGIC, len(meta) + len(body), zlib.crc32(body, zlib.crc32(meta)), lines)
+        if self.end and self.end + size > self.segment_bytes:
             self._roll()
-        written = os.write(self._fd, record)
-        if written != len(record):
-            raise SpoolError(f"{self._path(self.segment)}: short write ({written} of {len(record)} bytes): disk full?")
+        written = os.writev(self._fd, [header, meta, body])  # no copy of the body into one record
+        if written != size:
+            raise SpoolError(f"{self._path(self.segment)}: short write ({written} of {size} bytes): disk full?")
         self.dirty = True
         if sync:
             self.sync()
         with self._lock:
-            self._cache[(self.segment, self.end)] = Record(self.segment, self.end, self.end + len(record), lines,
+            self._cache[(self.segment, self.end)] = Record(self.segment, self.end, self.end + size, lines,
                                                            dict(marks), body)
             self._cached_bytes += len(body)
             while self._cached_bytes > self.cache_bytes and self._cache:
                 self._cached_bytes -= len(self._cache.popitem(last=False)[1].body)
-            self.end += len(record)
+            self.end += size
             self.unsent_lines += lines
-            self.unsent_bytes += len(record)
+            self.unsent_bytes += size
             self._merge(marks)
 
     def _merge(self, marks: dict[str, int]) -> None:
