@@ -254,7 +254,7 @@ class InfluxSink:
             body = b"\n".join(r.body for r in batch if r.body)
             try:
                 if body:
-                    self.state = "sending"
+                    self.state = "sending" if attempt == 0 else "retrying"
                     self.writer.post(body)
             except SendError as err:
                 self._error(str(err))
