@@ -22,6 +22,7 @@ cell by cell (`HistoryWriter.write_cells`); reads say their interval (`History.r
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -332,16 +333,18 @@ def _sum_intervals(x: np.ndarray, k: int, missing: np.ndarray | None = None) -> 
     counts [n, c] uint16). A sum skips NaN and is NaN only when all its k cells are NaN; it
     is taken in float64 and rounded to float32 once. `missing` ([n * k, c]) holds the counts
     of rows that are themselves sums (roll-ups); without it a NaN cell counts as 1 missing."""
+    if k == 1:  # a level equal to the interval: the cells themselves
+        return np.array(x, dtype=DTYPE), (np.isnan(x) if missing is None else missing).astype(MISSING_DTYPE)
+    from twin.kernels.rollup import sum_intervals  # numba: compiled (or loaded) on first use only
+
     n, c = x.shape[0] // k, x.shape[1]
-    cells = x.reshape(n, k, c)
-    nan = np.isnan(cells)
-    sums = np.where(nan, np.float32(0), cells).sum(axis=1, dtype=np.float64)
-    sums[nan.all(axis=1)] = np.nan
-    if missing is None:
-        counts = nan.sum(axis=1, dtype=MISSING_DTYPE)
-    else:
-        counts = missing.reshape(n, k, c).sum(axis=1, dtype=MISSING_DTYPE)
-    return sums.astype(DTYPE), counts
+    sums = np.empty((n, c), dtype=DTYPE)
+    counts = np.empty((n, c), dtype=MISSING_DTYPE)
+    cells = np.ascontiguousarray(x, dtype=DTYPE)
+    given = np.ascontiguousarray(missing, dtype=MISSING_DTYPE) if missing is not None else \
+        np.zeros((0, c), dtype=MISSING_DTYPE)
+    sum_intervals(cells, k, given, missing is not None, sums, counts)
+    return sums, counts
 
 
 @dataclass(frozen=True, slots=True)
@@ -619,22 +622,27 @@ class HistoryWriter:
             os.close(self._files.pop(month)[0])
         month0 = _month_of_name(month)
         month1 = next_month_start_utc(month0)
+        paths = []  # (folder, sums, missing, sums tmp, missing tmp) per level
         for level in levels:
             folder = self.directory / "rollups" / str(level)
             folder.mkdir(parents=True, exist_ok=True)
-            sums_path, missing_path = _rollup_path(self.directory, level, month), \
-                _rollup_path(self.directory, level, month, missing=True)
-            sums_tmp, missing_tmp = sums_path.with_name(sums_path.name + ".tmp"), \
-                missing_path.with_name(missing_path.name + ".tmp")
-            with sums_tmp.open("wb") as sums_file, missing_tmp.open("wb") as missing_file:
-                for day in range(month0, month1, 86400):
-                    sums, missing = self._history._read(day, day + 86400, None, level, want_missing=True)
-                    assert missing is not None
+            sums_path = _rollup_path(self.directory, level, month)
+            missing_path = _rollup_path(self.directory, level, month, missing=True)
+            paths.append((folder, sums_path, missing_path, sums_path.with_name(sums_path.name + ".tmp"),
+                          missing_path.with_name(missing_path.name + ".tmp")))
+        with contextlib.ExitStack() as stack:
+            files = [(stack.enter_context(p[3].open("wb")), stack.enter_context(p[4].open("wb"))) for p in paths]
+            for day in range(month0, month1, 86400):  # each raw day read once, summed to every level
+                raw = self._history._read(day, day + 86400, None, self.interval_s)[0]
+                for level, (sums_file, missing_file) in zip(levels, files, strict=True):
+                    sums, missing = _sum_intervals(raw, level // self.interval_s)
                     sums_file.write(sums.data.cast("B"))
                     missing_file.write(missing.data.cast("B"))
-                for f in (sums_file, missing_file):
+            for pair in files:
+                for f in pair:
                     f.flush()
                     os.fsync(f.fileno())
+        for folder, sums_path, missing_path, sums_tmp, missing_tmp in paths:
             os.replace(missing_tmp, missing_path)  # the counts first: a level exists once its sums do
             os.replace(sums_tmp, sums_path)
             _fsync_dir(folder)

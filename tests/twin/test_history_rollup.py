@@ -180,3 +180,24 @@ def test_a_copy_of_a_rolled_history_reads_alike(tmp_path: Path):
     assert a.rolled_up_months() == b.rolled_up_months() == ["2026-01"]
     np.testing.assert_array_equal(a.read(JAN, FEB + 86400 * 10, interval_s=900),
                                   b.read(JAN, FEB + 86400 * 10, interval_s=900))
+
+
+@pytest.mark.parametrize("k", [1, 3, 4, 24])
+def test_the_resampling_kernel_matches_plain_numpy(k: int):
+    """twin.kernels.rollup.sum_intervals against numpy: float64 sums skipping NaN rounded
+    once, NaN only where all k are NaN, NaN counts; with counts passed in, their sums."""
+    from twin.kernels.rollup import sum_intervals
+
+    rng = np.random.default_rng(k)
+    x = rng.gamma(0.6, 0.15, (k * 50, 7)).astype(np.float32)
+    x[rng.random(x.shape) < 0.3] = np.nan
+    x[:k, 3] = np.nan
+    sums, counts = np.empty((50, 7), np.float32), np.empty((50, 7), np.uint16)
+    sum_intervals(x, k, np.zeros((0, 7), np.uint16), False, sums, counts)
+    ref_sums, ref_missing = reference_sum(x, k)
+    np.testing.assert_array_equal(sums, ref_sums)
+    np.testing.assert_array_equal(counts, ref_missing)
+    given = rng.integers(0, 4, x.shape).astype(np.uint16)
+    sum_intervals(x, k, given, True, sums, counts)
+    np.testing.assert_array_equal(sums, ref_sums)
+    np.testing.assert_array_equal(counts, given.reshape(50, k, 7).sum(axis=1))
