@@ -87,6 +87,17 @@ def gateway_table(emulator: Any) -> str:
     return "\n".join(f"{r[0]:<{widths[0]}}  {r[1]:<{widths[1]}}  {r[2]:<{widths[2]}}  {r[3]}" for r in rows)
 
 
+def gateways_arg(emulator: Any) -> str:
+    """The `--gateways` value with which `metertwin run` polls these gateways, in layout order."""
+    links = []
+    for gateway in emulator.gateways:
+        link = emulator.url(gateway.units[0].twin).rsplit("/", 1)[0]
+        if link.startswith("rtu://"):
+            link += f"?baud={emulator.links[gateway.name].baudrate}"
+        links.append(link)
+    return ",".join(links)
+
+
 async def serve(source: Any, emulator: Any, speed: float, on_ready: Any = None) -> None:
     """Open the gateways and move the world with the clock until SIGINT or SIGTERM."""
     from control.runtime import SimClock
@@ -146,8 +157,11 @@ def run(args: argparse.Namespace) -> int:
 
     def ready() -> None:
         print(gateway_table(emulator), flush=True)
+        tls = f" --modbus-tls {args.tls}" if args.tls else ""
         print(f"metertwin: {scenario.site.name or scenario.site.id}: {len(gateways)} gateways, {units} units, "
-              f"world at {args.speed:g}x; Ctrl-C stops", file=sys.stderr, flush=True)
+              f"world at {args.speed:g}x; Ctrl-C stops\n"
+              f"metertwin: poll them with: metertwin run {args.scenario} --per-gateway {args.per_gateway}{tls} "
+              f"--gateways {gateways_arg(emulator)}", file=sys.stderr, flush=True)
 
     try:
         asyncio.run(serve(source, emulator, args.speed, ready))

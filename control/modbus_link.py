@@ -124,7 +124,7 @@ class ModbusLink:
                  clock: Callable[[], float], *, own_world: Source | None = None,
                  addresses: Sequence[GatewayAddress] | None = None, sources: Sequence[ModbusSource] = (),
                  tls_dir: str | Path | None = None, per_gateway: int = 200, poll_s: float = 2.0,
-                 timeout_s: float = 1.0, offline_after: int = 3) -> None:
+                 timeout_s: float = 1.0, offline_after: int = 2) -> None:
         if own_world is not None and addresses:
             raise ValueError("serve an own world or poll given gateways, not both")
         self.state, self.clock, self.interval_s, self.poll_s = state, clock, interval_s, poll_s
@@ -182,8 +182,9 @@ class ModbusLink:
             targets += targets_for(self.sources, tls, self.valves)
         return targets
 
-    async def start(self) -> None:
-        """Serve the own world (if any) and start polling; call on the platform's loop."""
+    async def start(self, autorun: bool = True) -> None:
+        """Serve the own world (if any) and start polling every `poll_s` (`autorun=False`:
+        the caller runs `collector.poll_cycle()` itself); call on the platform's loop."""
         self.loop = asyncio.get_running_loop()
         if self.own_world is not None and self.gateways:
             self.emulator = Emulator(self.gateways, self.own_world, host="127.0.0.1", base_port=0)
@@ -193,7 +194,8 @@ class ModbusLink:
         self.collector = Collector(self._targets, self._reading, self._status, self._flag, clock=self.clock,
                                    timeout_s=self.timeout_s, offline_after=self.offline_after)
         self.next_boundary = self._boundary_after(self.clock())
-        self._task = asyncio.create_task(self._run(), name="modbus collector")
+        if autorun:
+            self._task = asyncio.create_task(self._run(), name="modbus collector")
         waiting, self.waiting = self.waiting, []
         for twin, field, value in waiting:  # commands resumed before the loop ran
             self._spawn(self.write(twin, field, value))
