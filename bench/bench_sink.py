@@ -74,16 +74,18 @@ def _bare(port: int, bodies: list[bytes]) -> None:
 
 def _prebuilt(topo: Topology, rows: np.ndarray, t0: int) -> list[bytes]:
     lines = ReadingLines(topo)
-    bodies, parts, count = [], [], 0
+    bodies: list[bytes] = []
+    parts: list[bytes] = []
+    count = 0
     for r in range(rows.shape[0]):
-        text, n = lines.build(t0 + r * 900, rows[r])
+        text, n = lines.build_bytes(t0 + r * 900, rows[r])
         parts.append(text)
         count += n
         if count >= BATCH:
-            bodies.append("\n".join(parts).encode())
+            bodies.append(b"\n".join(parts))
             parts, count = [], 0
     if parts:
-        bodies.append("\n".join(parts).encode())
+        bodies.append(b"\n".join(parts))
     return bodies
 
 

@@ -177,7 +177,7 @@ def run(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     poster = Poster(writer, args.retry_for)
     rows_per_read = max(1, min(2880, args.batch_lines // max(len(topo.columns), 1)))
-    parts: list[str] = []
+    parts: list[bytes] = []
     pending, done, t = 0, 0, first
     ok = True
     try:
@@ -185,12 +185,12 @@ def run(args: argparse.Namespace) -> int:
             stop = min(end, t + rows_per_read * step)
             block = history.read_rows(t, stop)
             for r in range(block.shape[0]):
-                text, n = lines.build(t + r * step, block[r])
+                text, n = lines.build_bytes(t + r * step, block[r])
                 if n:
                     parts.append(text)
                     pending += n
                 if pending >= args.batch_lines:
-                    ok = poster.put("\n".join(parts).encode(), pending, t + (r + 1) * step)
+                    ok = poster.put(b"\n".join(parts), pending, t + (r + 1) * step)
                     parts, pending = [], 0
                     if not ok:
                         break
@@ -200,7 +200,7 @@ def run(args: argparse.Namespace) -> int:
                 elapsed = time.perf_counter() - started
                 bar.update(done, f"{poster.sent_lines / max(elapsed, 1e-9):,.0f} samples/s")
         if ok and parts:
-            ok = poster.put("\n".join(parts).encode(), pending, end)
+            ok = poster.put(b"\n".join(parts), pending, end)
         ledger_sent = 0
         ledger_path = Path(args.history) / "ledger.sqlite"
         if ok and not args.no_ledger and ledger_path.exists():

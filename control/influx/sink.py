@@ -184,11 +184,11 @@ class InfluxSink:
         return marks
 
     def _spool_rows(self, items: list[tuple[int, np.ndarray]]) -> None:
-        parts: list[str] = []
+        parts: list[bytes] = []
         count = 0
         through = self.spool.marks.get("readings_through", -1)
         for start_utc, row in items:
-            text, n = self.lines.build(start_utc, row)
+            text, n = self.lines.build_bytes(start_utc, row)
             through = start_utc
             if n:
                 parts.append(text)
@@ -199,10 +199,10 @@ class InfluxSink:
         if parts or through != self.spool.marks.get("readings_through", -1):
             self._append_text(parts, count, self._marks(readings_through=through))
 
-    def _append_text(self, parts: list[str], count: int, marks: dict[str, int]) -> None:
-        """Append one record, fsync'd, and wake the sender: it may post this record while
-        the next is being built."""
-        body = "\n".join(parts).encode()
+    def _append_text(self, parts: list[bytes], count: int, marks: dict[str, int]) -> None:
+        """Append one record and wake the sender: it may post this record while the next
+        is being built."""
+        body = b"\n".join(parts)
         if self._room(count, len(body)):
             self.spool.append(body, count, marks, sync=False)
         else:
@@ -217,7 +217,7 @@ class InfluxSink:
                               " ORDER BY id LIMIT ?", (after, max(self.batch_lines // 2, 1))).fetchall()
             if not rows:
                 return
-            text = "\n".join(ledger_lines(site, *row) for row in rows)
+            text = "\n".join(ledger_lines(site, *row) for row in rows).encode()
             self._append_text([text], 2 * len(rows), self._marks(ledger_through=int(rows[-1][0])))
 
     # -- sender -------------------------------------------------------------------------
