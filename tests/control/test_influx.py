@@ -623,3 +623,22 @@ def test_refused_batches_are_kept_aside_and_bad_tokens_retried(tmp_path):
     kept = list((tmp_path / "spool" / "rejected").glob("*.lp"))
     assert len(kept) == 1 and kept[0].read_bytes() == server.bodies[2]
     assert server.bodies[:3] == [server.bodies[0]] * 3 and len(server.bodies) == 4
+
+
+def test_scenario_influx_table_and_its_errors():
+    """[influx] loads into the scenario; a wrong url, an empty bucket, an unknown key or a
+    missing url is refused naming file, line and field."""
+    from scenarios.loader import ScenarioError, load_scenario_text
+
+    base = SCENARIO.format(site="S-toml")
+    scenario = load_scenario_text(base + '\n[influx]\nurl = "http://127.0.0.1:8428"\nbucket = "meters"\n')
+    assert scenario.influx == InfluxSettings("http://127.0.0.1:8428", "", "metertwin", "meters")
+    assert load_scenario_text(base).influx is None
+    line_no = base.count("\n") + 3
+    for extra, where in (('url = "127.0.0.1:8428"', "influx.url"), ('url = "http://x"\nbucket = ""', "influx.bucket"),
+                         ('url = "http://x"\ntokn = "a"', "influx.tokn")):
+        with pytest.raises(ScenarioError) as err:
+            load_scenario_text(base + "\n[influx]\n" + extra + "\n", "site.toml")
+        assert str(err.value).startswith(f"site.toml:{line_no + extra.count(chr(10))}: {where}: ")
+    with pytest.raises(ScenarioError, match="missing required key 'url'"):
+        load_scenario_text(base + '\n[influx]\norg = "o"\n', "site.toml")
