@@ -402,7 +402,7 @@ class HistoryWriter:
                 _write_first_row(self.directory, sidecar.stem, read_first_row(self.directory, sidecar.stem,
                                                                               self.row_bytes))
                 sidecar.with_suffix(".f32.tmp").unlink(missing_ok=True)
-        self._history = History(self.directory)
+        self._history = History(self.directory, topology)
         self._end = self._history.end or 0  # end of the newest interval written: "now" for retention
         self._roll_due = 0  # the _end at which the oldest raw month leaves the window
         self.roll_up()
@@ -681,13 +681,15 @@ class History:
     Files are mapped at each read, so a reader sees what a live writer has written.
     """
 
-    def __init__(self, directory: str | os.PathLike[str]) -> None:
+    def __init__(self, directory: str | os.PathLike[str], topology: Topology | None = None) -> None:
+        """Open `directory`; `topology`, when given, is its topology.json already read (a
+        writer's), which spares parsing it again."""
         self.directory = Path(directory)
         path = self.directory / "topology.json"
         if not path.exists():
             raise HistoryError(f"{self.directory} is not a history: no topology.json "
                                "(see docs/history-format.md)")
-        self.topology = Topology.from_json(path.read_text(), str(path))
+        self.topology = topology if topology is not None else Topology.from_json(path.read_text(), str(path))
         self.interval_s = self.topology.interval_s
         self.row_bytes = len(self.topology.columns) * DTYPE.itemsize
         #: roll-up levels this history can hold, finest first
