@@ -161,7 +161,9 @@ class InfluxSink:
                 if self.spool.dirty and (not self._queue or time.monotonic() - last_sync >= 1.0):
                     self.spool.sync()
                     last_sync = time.monotonic()
-            except (OSError, sqlite3.Error) as err:
+            except Exception as err:  # a full disk, a locked ledger, a bug: say so and go on
+                if not isinstance(err, OSError | sqlite3.Error):
+                    log.exception("influx sink: appender")
                 self._error(f"spooling: {type(err).__name__}: {err}")
             finally:
                 with self._cond:
@@ -238,41 +240,44 @@ class InfluxSink:
         attempt = 0
         while not self._stop_sending.is_set():
             try:
-                batch = self._next_batch()
-            except OSError as err:
-                self._error(f"reading the spool: {err}")
+                attempt = self._send_next(attempt)
+            except Exception as err:  # a full disk or a bug must not end the sender: say so, wait, go on
+                log.exception("influx sink: sender")
+                self._error(f"sender: {type(err).__name__}: {err}")
                 self._stop_sending.wait(self.max_backoff_s)
-                continue
-            if not batch:
-                self.state = "idle"
-                self._appended.wait(timeout=0.5)
-                self._appended.clear()
-                continue
-            lines = sum(r.lines for r in batch)
-            nbytes = sum(r.end - r.offset for r in batch)
-            last = batch[-1]
-            body = b"\n".join(r.body for r in batch if r.body)
-            try:
-                if body:
-                    self.state = "sending" if attempt == 0 else "retrying"
-                    self.writer.post(body)
-            except SendError as err:
-                self._error(str(err))
-                if err.retry:
-                    attempt += 1
-                    self.retries += 1
-                    self.state = "retrying"
-                    self._stop_sending.wait(backoff_s(attempt, most_s=self.max_backoff_s))
-                    continue
-                self._reject(batch, body, err)
-                self.rejected_lines += lines
-                body = b""  # kept aside, not sent
-            attempt = 0
-            self.spool.ack(last.segment, last.end, lines, nbytes, last.marks)
+
+    def _send_next(self, attempt: int) -> int:
+        """Post the oldest unsent batch once; the retry count to go on with."""
+        batch = self._next_batch()
+        if not batch:
+            self.state = "idle"
+            self._appended.wait(timeout=0.5)
+            self._appended.clear()
+            return attempt
+        lines = sum(r.lines for r in batch)
+        nbytes = sum(r.end - r.offset for r in batch)
+        last = batch[-1]
+        body = b"\n".join(r.body for r in batch if r.body)
+        try:
             if body:
-                self.sent_lines += lines
-                self.sent_batches += 1
-                self.last_sent_at = time.time()
+                self.state = "sending" if attempt == 0 else "retrying"
+                self.writer.post(body)
+        except SendError as err:
+            self._error(str(err))
+            if err.retry:
+                self.retries += 1
+                self.state = "retrying"
+                self._stop_sending.wait(backoff_s(attempt + 1, most_s=self.max_backoff_s))
+                return attempt + 1
+            self._reject(batch, body, err)
+            self.rejected_lines += lines
+            body = b""  # kept aside, not sent
+        self.spool.ack(last.segment, last.end, lines, nbytes, last.marks)
+        if body:
+            self.sent_lines += lines
+            self.sent_batches += 1
+            self.last_sent_at = time.time()
+        return 0
 
     def _reject(self, batch: list[Record], body: bytes, err: SendError) -> None:
         """A batch the server refuses for good goes to rejected/ beside the spool, never lost."""
