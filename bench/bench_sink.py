@@ -120,6 +120,6 @@ def run(report: Report) -> None:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=60)
     note = (f"goal >= 0.7x and >= 300,000/s; {meters:,} meters x {intervals} intervals, batches of {BATCH:,}; "
-            "sink includes line building and the fsync'd spool" + ("; QUICK" if quick() else ""))
+            "the sink's time includes line building and the spool on disk" + ("; QUICK" if quick() else ""))
     report.add("InfluxDB sink into VictoriaMetrics", samples / min(sink_s), "samples/s",
                "bare http.client POST of pre-built lines", samples / min(bare_s), note=note)

@@ -642,3 +642,27 @@ def test_scenario_influx_table_and_its_errors():
         assert str(err.value).startswith(f"site.toml:{line_no + extra.count(chr(10))}: {where}: ")
     with pytest.raises(ScenarioError, match="missing required key 'url'"):
         load_scenario_text(base + '\n[influx]\norg = "o"\n', "site.toml")
+
+
+def test_a_server_that_never_answers_holds_nothing_up(tmp_path):
+    """A server that takes the connection and never answers: every row handed to the sink
+    is taken at once and spooled while the sender waits out its timeout; nothing is
+    counted as sent."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # connections complete in the backlog; nobody reads them
+    topo = tricky_topology("S-slow", 10)
+    rows = make_rows(topo, 96, seed=6)
+    sink = InfluxSink(Target(f"http://127.0.0.1:{listener.getsockname()[1]}"), tmp_path / "spool", topo,
+                      batch_lines=100, timeout_s=1.0, max_backoff_s=0.1)
+    try:
+        for r in range(rows.shape[0]):
+            sink.add_interval(T0 + r * 900, rows[r])
+        assert wait_until(lambda: sink.status()["queued_intervals"] == 0 and sink.retries >= 1)
+        assert sink.spool.unsent_lines == int(np.isfinite(rows).sum()) and sink.sent_lines == 0
+        assert "ReadTimeout" in sink.status()["last_error"] or "timed out" in sink.status()["last_error"]
+    finally:
+        sink.close(drain_s=0)
+        listener.close()
