@@ -20,6 +20,7 @@ import numpy as np
 
 from bench.bench_load import TOU, TZ, best_seconds, fleet, topology
 from bench.harness import Report, quick
+from control.evaluate import optional_anomaly_scores
 from twin.detect import DetectView
 from twin.kernels import load
 from twin.tariffs import parse_tariff, price_tables
@@ -36,10 +37,7 @@ def run(report: Report) -> None:
     band = price_tables([parse_tariff("tou", TOU)], start, intervals, 900, TZ).band[0]
     view = DetectView(matrix, topo, cal)
     numpy_s = best_seconds(lambda: np.sum(matrix), 3)
-    try:
-        from twin.anomaly import anomaly_scores
-    except ImportError:
-        anomaly_scores = None
+    anomaly_scores = optional_anomaly_scores()
 
     def analytics() -> None:
         whole = load.day_summary(matrix, cal)

@@ -21,6 +21,7 @@ without master meters (`twin.detect.downsample_daily`) and prints the two side b
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import math
 import sys
@@ -100,10 +101,7 @@ def _figures(kind: str, scores: DayScores, positive: np.ndarray, negative: np.nd
 def evaluate_view(view: DetectView, truth: list[TruthEvent], progress: bool = True) -> list[KindFigures]:
     """Figures for every anomaly kind and theft kind on one view."""
     detectors: dict[str, DayScores] = {}
-    try:
-        from twin.anomaly import anomaly_scores
-    except ImportError:  # anomaly detection not installed in this tree
-        anomaly_scores = None
+    anomaly_scores = optional_anomaly_scores()
     if anomaly_scores is not None:
         _say(progress, "scoring anomalies")
         detectors.update(anomaly_scores(view))
@@ -133,6 +131,15 @@ def evaluate_view(view: DetectView, truth: list[TruthEvent], progress: bool = Tr
         totals |= truth_days(view, truth, kind) & applies
     out.append(_figures(TOTALS_ROW, theft, totals, negative, view, truth, TOTAL_KINDS))
     return out
+
+
+def optional_anomaly_scores() -> Any:
+    """twin.anomaly.anomaly_scores, or None where that module is not installed."""
+    try:
+        module = importlib.import_module("twin.anomaly")
+    except ImportError:
+        return None
+    return module.anomaly_scores
 
 
 def _say(progress: bool, text: str) -> None:
@@ -265,4 +272,5 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     return p
 
 
-__all__ = ["KindFigures", "add_parser", "cmd_evaluate", "drop_masters", "evaluate_view", "render", "run_evaluate"]
+__all__ = ["KindFigures", "add_parser", "cmd_evaluate", "drop_masters", "evaluate_view", "optional_anomaly_scores",
+           "render", "run_evaluate"]

@@ -62,6 +62,10 @@ THRESHOLD = 3.5
 DROP_EPS_KWH = 0.05
 #: Cap on one day's DROP and BAL z before runs add up: one odd day (a day away) stays one day.
 Z_CAP = 2.5
+BAL_CAP = 8.0
+
+#: Most pattern suspects fitted out of one master-day's residual before localising.
+MAX_SUSPECTS = 4
 #: Longest run of trailing days whose mean z (times sqrt of its length) DROP and BAL take.
 RUN_DAYS = 3
 PATTERN = ("drop", "zero", "cv_high", "cv_low", "lag", "shape")
@@ -121,7 +125,7 @@ def _balance(view: DetectView) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     fits = np.empty((len(masters), len(view.calendar.days), 3))
     k.balance_day_fits(master, fed, view.calendar.day_bounds, fits)
     a = np.full(len(masters), np.nan)
-    c = np.full(len(masters), np.nan)
+    slope_c = np.full(len(masters), np.nan)
     for g in range(len(masters)):
         ok = np.isfinite(fits[g, :, 2])
         if not ok.any():
@@ -129,9 +133,9 @@ def _balance(view: DetectView) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
         rms = fits[g, ok, 2]
         best = rms <= np.quantile(rms, 0.25)  # the cleanest quarter of the days
         a[g] = float(np.median(fits[g, ok, 0][best]))
-        c[g] = float(np.median(fits[g, ok, 1][best]))
+        slope_c[g] = float(np.median(fits[g, ok, 1][best]))
     fitted = np.isfinite(a)
-    k.balance_residual(master, fed, np.where(fitted, a, 0.0), np.where(fitted, c, 0.0), residual)
+    k.balance_residual(master, fed, np.where(fitted, a, 0.0), np.where(fitted, slope_c, 0.0), residual)
     residual[~fitted] = np.nan
     daily = np.add.reduceat(np.nan_to_num(residual), view.calendar.day_bounds[:-1], axis=1) \
         if len(view.calendar.days) else np.zeros((len(masters), 0))
@@ -185,6 +189,34 @@ def _by_group_median(values: np.ndarray, group: np.ndarray) -> tuple[np.ndarray,
     return med, mad
 
 
+def _explain_away(view: DetectView, meters: np.ndarray, rrow: np.ndarray, residual: np.ndarray,
+                  pattern: np.ndarray) -> np.ndarray:
+    """The residual with the moves of each master-day's pattern suspects (at most
+    `MAX_SUSPECTS`, strongest first, pattern z at or above THRESHOLD) fitted out."""
+    with np.errstate(invalid="ignore"):
+        hit = (pattern >= THRESHOLD) & (rrow >= 0)[:, None]
+    if not hit.any():
+        return residual
+    js, ds = np.nonzero(hit)
+    order = np.lexsort((-pattern[js, ds], ds, rrow[js]))
+    js, ds = js[order], ds[order]
+    pairs: list[tuple[int, int]] = []
+    cols: list[int] = []
+    ptr = [0]
+    for j, d in zip(js.tolist(), ds.tolist(), strict=True):
+        key = (int(rrow[j]), d)
+        if not pairs or pairs[-1] != key:
+            pairs.append(key)
+            ptr.append(ptr[-1])
+        if ptr[-1] - ptr[-2] < MAX_SUSPECTS:
+            cols.append(int(meters[j]))
+            ptr[-1] += 1
+    out = residual.copy()
+    k.clean_residual(view.matrix, residual, view.calendar.day_bounds, np.array(pairs, dtype=np.int64),
+                     np.array(ptr, dtype=np.int64), np.array(cols, dtype=np.int64), out)
+    return out
+
+
 def theft_features(view: DetectView) -> TheftFeatures:
     """Features, z-scores and the combined score for every electric sub-meter and day."""
     cal = view.calendar
@@ -195,10 +227,10 @@ def theft_features(view: DetectView) -> TheftFeatures:
     rrow = np.array([row_of.get(cols[i].master or "", -1) for i in meters], dtype=np.int64)
     if residual.shape[0] == 0:
         residual = np.zeros((1, view.matrix.shape[1]))
-    raw = np.empty((6, meters.size, n_days))
+    raw = np.full((6, meters.size, n_days), np.nan)
     if meters.size and n_days:
-        k.meter_day_features(view.matrix, meters, rrow, residual, cal.day_bounds, cal.slot, cal.n_slots,
-                             cal.interval_h, WINDOW, raw)
+        k.meter_day_features(view.matrix, meters, cal.day_bounds, cal.slot, cal.n_slots, cal.interval_h, WINDOW,
+                             raw)
     # group of each meter for peer terms: its master, else its building
     labels: dict[str, int] = {}
     group = np.array([labels.setdefault(cols[i].master or f"building:{cols[i].building}", len(labels))
@@ -231,9 +263,15 @@ def theft_features(view: DetectView) -> TheftFeatures:
         z["cv_low"] = np.where(raw[k.CV] < FLAT_CV, FLAT_SCORE, -cv)
     z["lag"] = -_z(raw[k.LAG1], FLOORS["lag"])
     z["shape"] = -_z(raw[k.PROFILE_CORR], FLOORS["shape"])
+    pattern = np.fmax.reduce([z[name] for name in ("zero", "cv_high", "cv_low", "lag", "shape")])
+    if meters.size and n_days and (rrow >= 0).any():
+        cleaned = _explain_away(view, meters, rrow, residual, pattern)
+        bal = np.empty((meters.size, n_days))
+        k.balance_corr(view.matrix, meters, rrow, cleaned, cal.day_bounds, cal.slot, cal.n_slots, bal)
+        raw[k.BAL_CORR] = bal
     bal = raw[k.BAL_CORR]
     med, mad = _by_group_median(bal, group)
-    z["bal"] = trailing_run(np.minimum((bal - med) / (1.4826 * mad + FLOORS["bal"]), Z_CAP))
+    z["bal"] = trailing_run(np.minimum((bal - med) / (1.4826 * mad + FLOORS["bal"]), BAL_CAP))
     terms = [WEIGHTS[name] * z[name] for name in PATTERN]
     with np.errstate(invalid="ignore"):
         joint = np.where(z["bal"] > 0, (z["bal"] + np.maximum(np.nan_to_num(z["drop"]), 0.0)) / math.sqrt(2.0),

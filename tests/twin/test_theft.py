@@ -51,6 +51,25 @@ def test_balance_sums_fits_and_residual_match_numpy() -> None:
     assert np.allclose(out, ref, equal_nan=True)
 
 
+def test_clean_residual_takes_out_the_suspects_moves() -> None:
+    """On the (master, day) pairs given, the residual loses the least-squares fit of its
+    first differences on the suspects' (numpy lstsq on the differences as reference); the
+    other days are untouched."""
+    rng = np.random.default_rng(6)
+    m = _matrix(rng, 4, 3, 24)
+    m[np.isnan(m)] = 0.1
+    other = rng.normal(0, 0.05, size=72)
+    res = (0.7 * m[1] - 0.3 * m[2] + other)[None, :].astype(np.float64)
+    out = res.copy()
+    k.clean_residual(m, res, np.array([0, 24, 48, 72], dtype=np.int64), np.array([[0, 1]], dtype=np.int64),
+                     np.array([0, 2], dtype=np.int64), np.array([1, 2], dtype=np.int64), out)
+    day = slice(24, 48)
+    diffs = np.diff(m[[1, 2], 23:48].astype(np.float64), axis=1).T
+    beta, *_ = np.linalg.lstsq(diffs, np.diff(res[0, 23:48]), rcond=None)
+    assert np.allclose(out[0, day], res[0, day] - beta @ m[[1, 2], day].astype(np.float64), atol=1e-6)
+    assert np.array_equal(out[0, :24], res[0, :24]) and np.array_equal(out[0, 48:], res[0, 48:])
+
+
 def _corr(x: np.ndarray, y: np.ndarray) -> float:
     x, y = x - x.mean(), y - y.mean()
     den = np.sqrt((x * x).sum() * (y * y).sum())
@@ -110,8 +129,8 @@ def _reference_features(m: np.ndarray, meters: np.ndarray, rrow: np.ndarray, res
 
 
 def test_meter_day_features_match_a_plain_reference() -> None:
-    """Every feature of meter_day_features equals the plain loop reference, NaN and zero
-    readings included, at hourly data over 9 days."""
+    """Every feature of meter_day_features and balance_corr equals the plain loop
+    reference, NaN and zero readings included, at hourly data over 9 days."""
     rng = np.random.default_rng(2)
     per_day, n_days = 24, 9
     m = _matrix(rng, 5, n_days, per_day)
@@ -121,8 +140,9 @@ def test_meter_day_features_match_a_plain_reference() -> None:
     res = rng.normal(0, 0.1, size=(1, m.shape[1]))
     cal = local_calendar(START, m.shape[1], 3600, "Asia/Shanghai")
     assert cal.day_regular.all() and len(cal.days) == n_days
-    out = np.empty((6, 3, n_days))
-    k.meter_day_features(m, meters, rrow, res, cal.day_bounds, cal.slot, cal.n_slots, 1.0, 4, out)
+    out = np.full((6, 3, n_days), np.nan)
+    k.meter_day_features(m, meters, cal.day_bounds, cal.slot, cal.n_slots, 1.0, 4, out)
+    k.balance_corr(m, meters, rrow, res, cal.day_bounds, cal.slot, cal.n_slots, out[k.BAL_CORR])
     ref = _reference_features(m, meters, rrow, res, per_day, 4, 1.0)
     assert np.allclose(out, ref, equal_nan=True, rtol=1e-9, atol=1e-12)
     assert out[k.ZERO_H, 1, 1] >= 6.0

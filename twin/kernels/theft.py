@@ -11,14 +11,16 @@ master feeds, interval by interval, and `balance_day_fits` gives the least-squar
 of each master-day; the Python side takes the median fit of the cleanest days (a theft
 only adds to the gap, so the days where the line fits best are the honest ones) and
 `balance_residual` leaves, per master and interval, the energy the feeds did not report,
-in units of the feeds: `(master - a) / (1 + c) - fed`. Localisation (`meter_day_features`,
+in units of the feeds: `(master - a) / (1 + c) - fed`. Localisation (`balance_corr`,
 feature `BAL_CORR`): a meter that under-reports a share of its load (h1, bypass, h3) leaves
 in that residual a copy of its own interval-to-interval moves; the correlation of the
 first differences of the meter's readings with those of its master's residual is near 1
 for it and near 0 for its neighbours, whose moves are their own (differencing removes the
 daily shape all flats share). It is computed over quarter days and the best of the four
 whole-day windows ending in each quarter of a day is kept, so a theft that starts late in
-a day, or ends early, is still seen in a window that holds most of it.
+a day, or ends early, is still seen in a window that holds most of it. Several thieves
+under one master share its residual; `clean_residual` takes out the moves of the meters the
+pattern features already name, so the others' correlation is not diluted by them.
 
 The pattern features, per meter and local day (index in `FEATURES`):
 - TOTAL: the day's energy (missing as 0);
@@ -29,7 +31,7 @@ The pattern features, per meter and local day (index in `FEATURES`):
   hour to the next; h3 and h4 draw a random factor per interval and break that);
 - PROFILE_CORR: correlation of the day's readings, slot by slot, with the meter's own mean
   day over the `window` days before (h4, h5 and h6 reorder or flatten the day);
-- BAL_CORR: the balance localisation above (NaN without a master).
+- BAL_CORR: the balance localisation above (`balance_corr`; NaN without a master).
 CV, LAG1 and PROFILE_CORR need sub-daily data and are NaN at one reading a day.
 """
 
@@ -133,29 +135,23 @@ def _corr(sxy: float, sxx: float, syy: float) -> float:
 def meter_day_features(
     matrix: np.ndarray,  # float32 [columns, intervals]
     meters: np.ndarray,  # int64 [meters]: columns to score
-    residual_row: np.ndarray,  # int64 [meters]: row of `residual` for each meter's master, -1 none
-    residual: np.ndarray,  # float64 [masters, intervals]: balance_residual
     day_bounds: np.ndarray,  # int64 [days + 1]
     slot: np.ndarray,  # int64 [intervals]: slot of the local day
     n_slots: int,
     interval_h: float,
     window: int,  # days of own history behind PROFILE_CORR
-    out: np.ndarray,  # float64 [6, meters, days] out: FEATURES
+    out: np.ndarray,  # float64 [6, meters, days] out: FEATURES but BAL_CORR (left as it is: balance_corr)
 ) -> None:
-    """The features of the module docstring for every meter and local day: one pass over
-    each day's readings for everything but PROFILE_CORR, which re-reads the day (in cache)
-    against the mean day kept as running sums."""
+    """The pattern features of the module docstring for every meter and local day: one
+    pass over each day's readings for all but PROFILE_CORR, which re-reads the day (in
+    cache) against the mean day kept as running sums."""
     n_days = day_bounds.shape[0] - 1
     sub_daily = n_slots > 1
     for j in prange(meters.shape[0]):
         row = matrix[meters[j]]
         prof = np.zeros((n_days + 1, n_slots))  # cumulative day profiles (NaN as 0)
         seen = np.zeros((n_days + 1, n_slots))  # cumulative counts of readings
-        qs = np.zeros((n_days, QUARTERS, 3))  # per quarter: sum dx*dr, dx*dx, dr*dr
         ref = np.empty(n_slots)
-        rrow = residual_row[j]
-        has_res = sub_daily and rrow >= 0
-        res = residual[max(rrow, 0)]
         for d in range(n_days):
             a = day_bounds[d]
             b = day_bounds[d + 1]
@@ -170,10 +166,8 @@ def meter_day_features(
             cum[:] = prof[d]
             cnt[:] = seen[d]
             x0 = np.float64(row[a - 1]) if a > 0 else np.nan
-            r0 = res[a - 1] if a > 0 else np.nan
             for t in range(a, b):
                 x = np.float64(row[t])
-                r = res[t]
                 if x == x:
                     n += 1
                     s1 += x
@@ -188,17 +182,9 @@ def meter_day_features(
                         p0 += x0
                         p1 += x
                         p01 += x0 * x
-                    if has_res and x0 == x0 and r == r and r0 == r0 and t > 0:
-                        q = slot[t] * QUARTERS // n_slots
-                        dx = x - x0
-                        dr = r - r0
-                        qs[d, q, 0] += dx * dr
-                        qs[d, q, 1] += dx * dx
-                        qs[d, q, 2] += dr * dr
                 else:
                     run = 0
                 x0 = x
-                r0 = r
             out[TOTAL, j, d] = s1
             out[ZERO_H, j, d] = longest * interval_h
             out[CV, j, d] = np.nan
@@ -236,26 +222,153 @@ def meter_day_features(
                         sxy += x * y
                 if m >= 3:
                     out[PROFILE_CORR, j, d] = _corr(sxy - sx * sy / m, sxx - sx * sx / m, syy - sy * sy / m)
-            # balance: best whole-day window (four quarters) ending in a quarter of day d
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def balance_corr(
+    matrix: np.ndarray,  # float32 [columns, intervals]
+    meters: np.ndarray,  # int64 [meters]: columns to score
+    residual_row: np.ndarray,  # int64 [meters]: row of `residual` for each meter's master, -1 none
+    residual: np.ndarray,  # float64 [masters, intervals]: balance_residual (or clean_residual)
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    slot: np.ndarray,  # int64 [intervals]
+    n_slots: int,
+    out: np.ndarray,  # float64 [meters, days] out: BAL_CORR; NaN without a master or sub-daily data
+) -> None:
+    """BAL_CORR of the module docstring: per meter and day, the best correlation of first
+    differences (meter against its master's residual) over the four whole-day windows of
+    quarters ending in a quarter of that day."""
+    n_days = day_bounds.shape[0] - 1
+    for j in prange(meters.shape[0]):
+        rrow = residual_row[j]
+        if n_slots <= 1 or rrow < 0:
+            out[j, :] = np.nan
+            continue
+        row = matrix[meters[j]]
+        res = residual[rrow]
+        qs = np.zeros((n_days, QUARTERS, 3))  # per quarter: sum dx*dr, dx*dx, dr*dr
+        for d in range(n_days):
+            a = day_bounds[d]
+            x0 = np.float64(row[a - 1]) if a > 0 else np.nan
+            r0 = res[a - 1] if a > 0 else np.nan
+            for t in range(a, day_bounds[d + 1]):
+                x = np.float64(row[t])
+                r = res[t]
+                if x == x and x0 == x0 and r == r and r0 == r0:
+                    q = slot[t] * QUARTERS // n_slots
+                    dx = x - x0
+                    dr = r - r0
+                    qs[d, q, 0] += dx * dr
+                    qs[d, q, 1] += dx * dx
+                    qs[d, q, 2] += dr * dr
+                x0 = x
+                r0 = r
+        for d in range(n_days):
             best = np.nan
-            if has_res:
-                for q_end in range(QUARTERS):
-                    sxy = sxx = syy = 0.0
-                    for back in range(QUARTERS):  # quarters q_end - 3 .. q_end, reaching into day d - 1
-                        qq = q_end - back
-                        dd = d
-                        if qq < 0:
-                            qq += QUARTERS
-                            dd -= 1
-                        if dd < 0:
-                            continue
-                        sxy += qs[dd, qq, 0]
-                        sxx += qs[dd, qq, 1]
-                        syy += qs[dd, qq, 2]
-                    r = _corr(sxy, sxx, syy)
-                    if r == r and not r <= best:
-                        best = r
-            out[BAL_CORR, j, d] = best
+            for q_end in range(QUARTERS):
+                sxy = sxx = syy = 0.0
+                for back in range(QUARTERS):  # quarters q_end - 3 .. q_end, reaching into day d - 1
+                    qq = q_end - back
+                    dd = d
+                    if qq < 0:
+                        qq += QUARTERS
+                        dd -= 1
+                    if dd < 0:
+                        continue
+                    sxy += qs[dd, qq, 0]
+                    sxx += qs[dd, qq, 1]
+                    syy += qs[dd, qq, 2]
+                r = _corr(sxy, sxx, syy)
+                if r == r and not r <= best:
+                    best = r
+            out[j, d] = best
+
+
+@njit(cache=True, nogil=True)
+def _solve_spd(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """x with a x = b for a small symmetric positive definite a (Cholesky; numba's
+    np.linalg needs SciPy's LAPACK, which we do not install)."""
+    n = b.shape[0]
+    low = np.zeros((n, n))
+    for i in range(n):
+        for j in range(i + 1):
+            acc = a[i, j]
+            for m in range(j):
+                acc -= low[i, m] * low[j, m]
+            if i == j:
+                low[i, i] = np.sqrt(max(acc, 1e-300))
+            else:
+                low[i, j] = acc / low[j, j]
+    y = np.zeros(n)
+    for i in range(n):
+        acc = b[i]
+        for m in range(i):
+            acc -= low[i, m] * y[m]
+        y[i] = acc / low[i, i]
+    x = np.zeros(n)
+    for i in range(n - 1, -1, -1):
+        acc = y[i]
+        for m in range(i + 1, n):
+            acc -= low[m, i] * x[m]
+        x[i] = acc / low[i, i]
+    return x
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def clean_residual(
+    matrix: np.ndarray,  # float32 [columns, intervals]
+    residual: np.ndarray,  # float64 [masters, intervals]: balance_residual
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    pairs: np.ndarray,  # int64 [pairs, 2]: (master row, day) to clean
+    sus_ptr: np.ndarray,  # int64 [pairs + 1]: CSR offsets into sus_cols
+    sus_cols: np.ndarray,  # int64 [suspects]: columns of each pair's suspects
+    out: np.ndarray,  # float64 [masters, intervals] out: residual less the suspects' fitted share
+) -> None:
+    """Explaining away: on each (master, day) of `pairs`, take out of the residual what a
+    least-squares fit of its first differences on the suspects' first differences explains
+    (a meter that reorders or randomises its readings, h3/h4/h6, leaves its own moves in
+    the residual; once they are out, a neighbour that under-reports stands out again).
+    `out` starts as a copy of `residual`; days not in `pairs` stay as they are."""
+    for p in prange(pairs.shape[0]):
+        g = pairs[p, 0]
+        d = pairs[p, 1]
+        a = day_bounds[d]
+        b = day_bounds[d + 1]
+        k = sus_ptr[p + 1] - sus_ptr[p]
+        if k == 0 or b - a < 3 + k:
+            continue
+        cols = sus_cols[sus_ptr[p]:sus_ptr[p + 1]]
+        ata = np.zeros((k, k))
+        atb = np.zeros(k)
+        dx = np.zeros(k)
+        for t in range(max(a, 1), b):
+            r1 = residual[g, t]
+            r0 = residual[g, t - 1]
+            if r1 != r1 or r0 != r0:
+                continue
+            ok = True
+            for i in range(k):
+                x1 = matrix[cols[i], t]
+                x0 = matrix[cols[i], t - 1]
+                if x1 != x1 or x0 != x0:
+                    ok = False
+                    break
+                dx[i] = np.float64(x1) - np.float64(x0)
+            if not ok:
+                continue
+            for i in range(k):
+                atb[i] += dx[i] * (r1 - r0)
+                for m in range(k):
+                    ata[i, m] += dx[i] * dx[m]
+        for i in range(k):
+            ata[i, i] += 1e-9 + 1e-6 * ata[i, i]  # ridge: a suspect that never moved gets no weight
+        beta = _solve_spd(ata, atb)
+        for t in range(a, b):
+            fit = 0.0
+            for i in range(k):
+                x = matrix[cols[i], t]
+                fit += beta[i] * (np.float64(x) if x == x else 0.0)
+            out[g, t] = residual[g, t] - fit
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -343,5 +456,5 @@ def group_median_mad(
 
 
 __all__ = ["BAL_CORR", "CV", "FEATURES", "LAG1", "PROFILE_CORR", "TOTAL", "ZERO_H", "ZERO_KWH",
-           "balance_day_fits", "balance_residual", "balance_sums", "group_median_mad", "meter_day_features",
-           "trailing_robust_z"]
+           "balance_corr", "balance_day_fits", "balance_residual", "balance_sums", "clean_residual",
+           "group_median_mad", "meter_day_features", "trailing_robust_z"]
