@@ -5,13 +5,16 @@ it), and every gateway of the site's layout answers Modbus requests with the twi
 of that moment: gateway i listens on `--modbus-port` + i. `--tls DIR` serves them as
 Modbus/TCP Security with certificates made in DIR; `--rtu` serves the first gateway as
 Modbus RTU on a pseudo-terminal pair (socat) instead, and prints the end a collector opens.
-SIGINT or SIGTERM closes the gateways and exits 0.
+`--faults KIND:SHARE[,...]` makes that share of the units misbehave from the start (see
+`FAULTS`), the units drawn with `--seed` (`choose_faults`). SIGINT or SIGTERM closes the
+gateways and exits 0.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import math
 import signal
 import sys
 import time
@@ -25,15 +28,87 @@ examples:
   metertwin emulate scenarios/mall.toml --modbus-port 1502 --speed 600 --seed 3
   metertwin emulate scenarios/demo-community.toml --rtu --baud 9600  # first gateway: RTU on a pty
   metertwin emulate scenarios/demo-community.toml --tls certs        # Modbus/TCP Security, certs in ./certs
+  metertwin emulate scenarios/district-10k.toml --faults no_answer:0.1 --seed 4    # 10% of units silent
+  metertwin emulate scenarios/mall.toml --faults no_answer:0.02,slow:0.02,exception:0.02,garbage:0.02,flap:0.02
 
 Prints one line per gateway: its name, where to reach it (modbus://HOST:PORT,
 modbus+tls://HOST:PORT or rtu://DEVICE), its unit ids and first and last twin.
-Register maps: devices/modbus/maps/*.toml (0-based addresses)."""
+Register maps: devices/modbus/maps/*.toml (0-based addresses).
+
+Faults (--faults, a share of the units each, drawn with --seed, none twice):
+  no_answer   silent                      slow       answers 2 s late (past a 1 s timeout)
+  exception   answers exception 4         garbage    values outside the map's range, NaN
+  flap        silent 10 s, answering 20 s, and again"""
 
 #: The world runs ten years at most, as the live platform's does.
 LIVE_DAYS = 3650
 #: Wall seconds between moves of the world.
 TICK_S = 0.2
+#: What each `--faults` kind injects (devices.modbus.emulator.Fault arguments).
+FAULTS: dict[str, dict[str, Any]] = {
+    "no_answer": {}, "slow": {"delay_s": 2.0}, "exception": {"code": 4}, "garbage": {},
+    "flap": {"down_s": 10.0, "up_s": 20.0},
+}
+
+
+def parse_faults(text: str) -> list[tuple[str, float]]:
+    """`--faults`: 'no_answer:0.1' or 'slow:0.02,garbage:0.05' -> [(kind, share), ...].
+    argparse.ArgumentTypeError names the entry that is wrong."""
+    faults: list[tuple[str, float]] = []
+    kinds = ", ".join(FAULTS)
+    for n, raw in enumerate((part.strip() for part in text.split(",")), start=1):
+        kind, colon, share_text = raw.partition(":")
+        kind = kind.strip()
+        where = f"entry {n} ({raw!r})"
+        if not colon:
+            raise argparse.ArgumentTypeError(f"{where}: not KIND:SHARE; use for example no_answer:0.1")
+        if kind not in FAULTS:
+            raise argparse.ArgumentTypeError(f"{where}: unknown fault kind {kind!r}; the kinds are {kinds}")
+        try:
+            share = float(share_text)
+        except ValueError:
+            share = math.nan
+        if not 0 < share <= 1:
+            raise argparse.ArgumentTypeError(f"{where}: the share is a number in (0, 1], as 0.1 for 10%, "
+                                             f"not {share_text.strip()!r}")
+        if any(kind == k for k, _ in faults):
+            raise argparse.ArgumentTypeError(f"{where}: {kind} is given twice")
+        faults.append((kind, share))
+    total = sum(share for _, share in faults)
+    if total > 1 + 1e-9:
+        raise argparse.ArgumentTypeError(f"{text!r}: the shares add up to {total:g}, more than 1")
+    return faults
+
+
+def choose_faults(gateways: Any, faults: list[tuple[str, float]], seed: int) -> dict[str, Any]:
+    """Which units get which fault: twin id -> Fault. Each kind takes round(share x units)
+    units, none twice, drawn from the layout's units by a generator seeded with `seed`
+    (the same seed and layout, the same units)."""
+    import numpy as np
+
+    from devices.modbus.emulator import Fault
+
+    twins = [unit.twin for gateway in gateways for unit in gateway.units]
+    order = np.random.default_rng([seed, 0xFA17]).permutation(len(twins))
+    chosen: dict[str, Any] = {}
+    at = 0
+    for kind, share in faults:
+        count = min(round(share * len(twins)), len(twins) - at)
+        fault = Fault(kind, **FAULTS[kind])
+        chosen.update((twins[i], fault) for i in order[at:at + count])
+        at += count
+    return chosen
+
+
+def fault_lines(chosen: dict[str, Any], faults: list[tuple[str, float]], units: int, seed: int) -> str:
+    """The banner's lines on injected faults: per kind, how many units and the first few."""
+    lines = []
+    for kind, share in faults:
+        twins = sorted(t for t, f in chosen.items() if f.kind == kind)
+        shown = ", ".join(twins[:4]) + (", ..." if len(twins) > 4 else "")
+        lines.append(f"metertwin: fault {kind} ({share:g}, seed {seed}) on {len(twins)} of {units} units"
+                     + (f": {shown}" if twins else ""))
+    return "\n".join(lines)
 
 
 def add_parser(commands: Any) -> argparse.ArgumentParser:
@@ -62,6 +137,9 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     emulate.add_argument("--tls", default=None, metavar="DIR",
                          help="serve TCP gateways as Modbus/TCP Security; CA, server and client "
                               "certificates are made in DIR when missing")
+    emulate.add_argument("--faults", type=parse_faults, default=[], metavar="KIND:SHARE[,KIND:SHARE...]",
+                         help=f"inject a fault into that share of the units from the start, drawn with --seed "
+                              f"(kinds: {', '.join(FAULTS)}; e.g. no_answer:0.1)")
     emulate.set_defaults(handler=run)
     return emulate
 
@@ -154,9 +232,14 @@ def run(args: argparse.Namespace) -> int:
         links[gateways[0].name] = Rtu(pty.device, pty.collector, baudrate=args.baud)
     emulator = Emulator(gateways, source, host=args.host, base_port=args.modbus_port, links=links)
     units = sum(len(g.units) for g in gateways)
+    chosen = choose_faults(gateways, args.faults, args.seed)
+    for twin, fault in chosen.items():
+        emulator.set_fault(twin, fault)
 
     def ready() -> None:
         print(gateway_table(emulator), flush=True)
+        if args.faults:
+            print(fault_lines(chosen, args.faults, units, args.seed), file=sys.stderr, flush=True)
         tls = f" --modbus-tls {args.tls}" if args.tls else ""
         print(f"metertwin: {scenario.site.name or scenario.site.id}: {len(gateways)} gateways, {units} units, "
               f"world at {args.speed:g}x; Ctrl-C stops\n"
