@@ -500,7 +500,11 @@ class Platform:
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, stop)
-        config = uvicorn.Config(create_app(self), host=host, port=port, log_level="warning", lifespan="off")
+        from dashboard.app import mount_dashboard
+
+        app = create_app(self)
+        mount_dashboard(app, self)  # after the API's routes, which win
+        config = uvicorn.Config(app, host=host, port=port, log_level="warning", lifespan="off")
         server = uvicorn.Server(config)
         self.notifier.start()
         self.topups = TopUpBatcher(self.ledger, self.now)
