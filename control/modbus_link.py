@@ -243,7 +243,7 @@ class ModbusLink:
         """One line per polled gateway: name, address, units (for the start-up banner)."""
         if self.collector is None:
             return []
-        return [f"{t.gateway.name}: {t} ({len(t.gateway.units)} units)" for t in self._targets]
+        return [f"{t} ({len(t.gateway.units)} units)" for t in self._targets]
 
     # -- readings in ----------------------------------------------------------------------------
 

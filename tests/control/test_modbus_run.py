@@ -242,3 +242,59 @@ def test_faults_on_ten_percent_of_units_each_marked_within_two_cycles(tmp_path):
     for twin in faulty["garbage"]:
         i = columns.index(twin)
         assert np.isnan(block[i][1:]).all()  # refused from the fault on: missing, never garbage
+
+
+class Bench:
+    """A meter on the test's own bench (not the platform's world): a source for one emulated
+    unit whose energy only moves while its relay is closed."""
+
+    def __init__(self, twin: str) -> None:
+        self.twin = twin
+        self.energy = 1234.5
+        self.relay = 1
+
+    def reported(self, twin_id: str) -> dict:
+        self.energy += 0.01 * self.relay
+        return {"energy_kwh": self.energy, "power_w": 1500.0 * self.relay, "voltage_v": 221.0, "current_a": 6.8,
+                "power_factor": 0.99, "frequency_hz": 50.0, "relay_closed": self.relay, "credit_fen": 0,
+                "purchased_fen": 0, "online": 1}
+
+    def write(self, twin_id: str, field: str, value: int, source: str) -> None:
+        if field != "relay_closed":
+            raise ValueError(f"{field} is not writable here")
+        self.relay = int(value)
+
+
+def test_a_scenario_points_a_twin_at_hardware_polled_beside_the_world(tmp_path):
+    """A `[[modbus]]` twin is read from its own address (here a gateway on the test's bench)
+    by the same collector that polls the simulated world's gateways; a trip reaches it."""
+    from devices.modbus.emulator import Emulator
+    from devices.modbus.layout import Gateway, Unit
+
+    hardware = Bench("B01-01-01.em")
+    emulator = Emulator([Gateway("bench", "", (Unit(5, hardware.twin, "metertwin-pm1"),))], hardware, base_port=0)
+    with emulator.in_thread():
+        port = emulator.ports["bench"]
+        scenario = tmp_path / "hardware.toml"
+        scenario.write_text(SCENARIO + f"""
+[[modbus]]
+twin = "{hardware.twin}"
+url = "modbus://127.0.0.1:{port}/5"
+model = "metertwin-pm1"
+""")
+        data = tmp_path / "data"
+        run = Running(scenario, data, "--poll", "0.5")
+        try:
+            admin = (data / "admin.key").read_text().strip()
+            run.wait_until(lambda: run.get(f"/api/twins/{hardware.twin}", admin).json()["reported"]["energy_kwh"]
+                           > 1234, "the bench meter's register in the twin")
+            world_twin = run.get("/api/twins/B01-01-02.em", admin).json()["reported"]
+            assert world_twin["energy_kwh"] < 1000  # the neighbour comes from the simulated world
+            health = run.get("/api/health", admin).json()["modbus"]
+            assert health["gateways"] == 2  # the world's one gateway and the bench
+            trip = run.post("/api/commands", {"twin": hardware.twin, "action": "relay_open"}, admin).json()
+            run.wait_until(lambda: run.get(f"/api/commands/{trip['id']}", admin).json()["state"] == "confirmed",
+                           "the bench meter's trip to be confirmed")
+            assert hardware.relay == 0
+        finally:
+            assert run.stop() == 0
