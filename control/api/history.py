@@ -95,53 +95,74 @@ def _span(history: History, platform: Platform, start: datetime | None, end: dat
 
 
 def _first_month_start(history: History) -> int | None:
-    months = history.months()
+    months = sorted(set(history.months()) | set(history.rolled_up_months()))
     if not months:
         return None
     return int(datetime.strptime(months[0], "%Y-%m").replace(tzinfo=UTC).timestamp())
 
 
-def bucket_sums(history: History, columns: list[int], t0: int, t1: int, points: int
-                ) -> tuple[int, np.ndarray, np.ndarray, np.ndarray]:
-    """(intervals per bucket, bucket starts, sums, missing counts) of the columns over
-    [t0, t1), reading only the part the history's files can hold, slice by slice."""
+def _read_step(history: History, t0: int, t1: int, bucket_s: int, finest: int) -> int:
+    """The coarsest interval to read at: a multiple of `finest` that divides a day, the
+    bucket and the range, with `t0` on its boundary (so a year of day buckets from a UTC
+    midnight reads day roll-ups)."""
     step = history.interval_s
+    candidates = [d for d in range(step, 86401, step) if 86400 % d == 0]
+    fits = [d for d in candidates
+            if d % finest == 0 and bucket_s % d == 0 and t0 % d == 0 and (t1 - t0) % d == 0]
+    return max(fits, default=finest)
+
+
+def bucket_sums(history: History, columns: list[int], t0: int, t1: int, points: int
+                ) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """(start, end, bucket seconds, bucket starts, sums, missing counts) of the columns over
+    [t0, t1) in at most `points` buckets, read at the coarsest interval that fits (roll-ups
+    where the history keeps them), slice by slice. Where part of the range is kept only as
+    roll-ups, the range and the buckets widen to that level's boundaries."""
+    step = history.interval_s
+    first, last = _first_month_start(history), history.end
+    finest = step
+    if first is not None and last is not None and max(t0, first) < min(t1, last):
+        finest = history.resolution(max(t0, first) // step * step, -(-min(t1, last) // step) * step)
+    t0, t1 = t0 // finest * finest, -(-t1 // finest) * finest
     n = (t1 - t0) // step
     k = max(1, -(-n // points))
+    per = finest // step
+    k = -(-k // per) * per  # a bucket holds whole cells of the finest level
     nb = -(-n // k)
+    bucket_s = k * step
     sums = np.zeros(nb, dtype=np.float64)
-    missing = np.full(nb, 0, dtype=np.int64)
-    counts = np.full(nb, 0, dtype=np.int64)  # readings present
-    first, last = _first_month_start(history), history.end
+    present = np.zeros(nb, dtype=np.int64)
     if first is not None and last is not None:
-        r0, r1 = max(t0, first), min(t1, last)
-        width = len(history.topology.columns) or 1
-        rows_per_slice = max(1, SLICE_VALUES // width)
+        d = _read_step(history, t0, t1, bucket_s, finest)
+        r0, r1 = max(t0, first), min(t1, -(-last // d) * d)
+        slice_s = max(1, SLICE_VALUES // max(len(columns), 1)) * d
         t = r0
         while t < r1:
-            stop = min(r1, t + rows_per_slice * step)
-            block = history.read_rows(t, stop)[:, columns]
-            present = ~np.isnan(block)
-            per_interval = np.where(present, block, 0.0).sum(axis=1, dtype=np.float64)
-            seen = present.sum(axis=1)
-            index = (np.arange(block.shape[0]) + (t - t0) // step) // k
-            sums += np.bincount(index, weights=per_interval, minlength=nb)
-            counts += np.bincount(index, weights=seen, minlength=nb).astype(np.int64)
+            stop = min(r1, t + slice_s)
+            block = history.read(t, stop, columns, interval_s=d, contiguous=False)  # [columns, cells]
+            if d == step:
+                seen = (~np.isnan(block)).sum(axis=0)
+            else:
+                seen = len(columns) * (d // step) - history.read_missing(t, stop, columns, interval_s=d).sum(axis=0)
+            per_cell = np.nansum(block, axis=0, dtype=np.float64)
+            index = ((t - t0) // step + np.arange(block.shape[1]) * (d // step)) // k
+            sums += np.bincount(index, weights=per_cell, minlength=nb)
+            present += np.bincount(index, weights=seen, minlength=nb).astype(np.int64)
             t = stop
     sizes = np.full(nb, k, dtype=np.int64)
     sizes[-1] = n - k * (nb - 1)
-    missing = sizes * len(columns) - counts
-    times = t0 + np.arange(nb, dtype=np.int64) * k * step
-    sums[counts == 0] = np.nan
-    return k, times, sums, missing
+    missing = sizes * len(columns) - present
+    times = t0 + np.arange(nb, dtype=np.int64) * bucket_s
+    sums[present == 0] = np.nan
+    return t0, t1, bucket_s, times, sums, missing
 
 
 def _series(history: History, platform: Platform, subject: str, utility: str, columns: list[int],
             t0: int, t1: int, points: int) -> dict[str, Any]:
-    k, times, sums, missing = bucket_sums(history, columns, t0, t1, points)
+    t0, t1, bucket_s, times, sums, missing = bucket_sums(history, columns, t0, t1, points)
     tz = platform.world.tz
     return {"subject": subject, "utility": utility, "unit": UNIT_OF_UTILITY[utility], "meters": len(columns),
-            "interval_s": history.interval_s, "bucket_s": k * history.interval_s,
+            "interval_s": history.interval_s, "bucket_s": bucket_s,
             "start": datetime.fromtimestamp(t0, tz=tz).isoformat(),
             "end": datetime.fromtimestamp(t1, tz=tz).isoformat(),
             "times": times.tolist(), "values": [None if math.isnan(v) else v for v in sums.tolist()],

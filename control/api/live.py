@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from twin.model import Kind, TwinSpec
+from twin.state import FACES
 
 if TYPE_CHECKING:
     from control.runtime import Platform
@@ -40,12 +41,31 @@ def plain(value: Any) -> Any:
 def twin_record(platform: Platform, spec: TwinSpec, status: str) -> dict[str, Any]:
     """A twin's place in the site, its reported, desired and derived state with their
     stamps, and its status."""
-    view = platform.state.twin(spec.id)
-    faces = view.as_dict()
-    for face in ("reported", "desired", "derived"):
-        faces[face] = {k: plain(v) for k, v in faces[face].items()}
-    return {**faces, "building": spec.building, "floor": spec.floor, "room": spec.room, "account": spec.account,
-            "master": spec.master, "role": spec.role, "status": status}
+    return twin_records(platform, [spec], [status])[0]
+
+
+def twin_records(platform: Platform, specs: list[TwinSpec], statuses: list[str]) -> list[dict[str, Any]]:
+    """`twin_record` of many twins, reading each field of each kind once for all of them."""
+    fleet = platform.state
+    where = [fleet.locate(spec.id) for spec in specs]
+    out: list[dict[str, Any]] = [{} for _ in specs]
+    by_kind: dict[Kind, list[int]] = {}
+    for i, (kind, _) in enumerate(where):
+        by_kind.setdefault(kind, []).append(i)
+    for kind, members in by_kind.items():
+        table = fleet.tables[kind]
+        rows = np.array([where[i][1] for i in members], dtype=np.int64)
+        faces = {face: {name: [plain(v) for v in array[rows].tolist()] for name, array in table.faces[face].items()}
+                 for face in FACES}
+        stamps = {face: table.stamps[face][rows].tolist() for face in FACES}
+        for j, i in enumerate(members):
+            spec = specs[i]
+            out[i] = {"id": spec.id, "kind": kind.value,
+                      **{face: {name: values[j] for name, values in fields.items()} for face, fields in faces.items()},
+                      "stamps": {face: int(stamps[face][j]) for face in FACES},
+                      "building": spec.building, "floor": spec.floor, "room": spec.room, "account": spec.account,
+                      "master": spec.master, "role": spec.role, "status": statuses[i]}
+    return out
 
 
 @dataclass

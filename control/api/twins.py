@@ -5,11 +5,12 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from fastapi import APIRouter, HTTPException, Query, Request
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from control.api.deps import Viewer, get_platform
 from control.api.errors import AUTH, errors
-from control.api.live import Snapshot, twin_record
+from control.api.live import Snapshot, twin_record, twin_records
 from twin.model import Kind
 
 router = APIRouter(prefix="/api/twins", tags=["twins"], dependencies=[Viewer], responses=AUTH)
@@ -72,29 +73,34 @@ async def list_twins(request: Request, kind: Kind | None = None,
                      account: str | None = Query(None, examples=["A-B01-02-03"]),
                      role: Literal["sub", "master"] | None = None,
                      status: Status | None = STATUS_FILTER,
-                     limit: int = Query(100, ge=1, le=10000), offset: int = Query(0, ge=0)) -> dict[str, Any]:
+                     limit: int = Query(100, ge=1, le=10000), offset: int = Query(0, ge=0)) -> Any:
     """Twins in site order, filtered by kind, building, floor, room, account, role and
     status, each with its reported, desired and derived state and their timestamps.
 
     Example: `GET /api/twins?kind=valve&building=B01&limit=10`, or every cut-off meter:
     `GET /api/twins?status=cut_off`."""
     platform = get_platform(request)
-    chosen = [t for t in platform.scenario.site.twins
-              if (kind is None or t.kind is kind) and (building is None or t.building == building)
-              and (floor is None or t.floor == floor) and (room is None or t.room == room)
-              and (account is None or t.account == account) and (role is None or t.role == role)]
+    chosen = platform.scenario.site.twins
+    if any(f is not None for f in (kind, building, floor, room, account, role)):
+        chosen = [t for t in chosen
+                  if (kind is None or t.kind is kind) and (building is None or t.building == building)
+                  and (floor is None or t.floor == floor) and (room is None or t.room == room)
+                  and (account is None or t.account == account) and (role is None or t.role == role)]
     async with platform.lock:
         if status is None:
             page = chosen[offset:offset + limit]
             snap = Snapshot.take(platform, list({t.account for t in page if t.account}))
-            items = [twin_record(platform, t, snap.of_twin(t)) for t in page]
+            items = twin_records(platform, page, [snap.of_twin(t) for t in page])
             total = len(chosen)
         else:
             snap = Snapshot.take(platform, list({t.account for t in chosen if t.account}))
             matching = [t for t in chosen if snap.of_twin(t) == status]
-            items = [twin_record(platform, t, status) for t in matching[offset:offset + limit]]
+            page = matching[offset:offset + limit]
+            items = twin_records(platform, page, [status] * len(page))
             total = len(matching)
-    return {"total": total, "offset": offset, "limit": limit, "items": items}
+    # the page is built to TwinPage already (schemathesis checks it against the schema):
+    # skipping the model's validation of a large page halves the time of a call
+    return JSONResponse({"total": total, "offset": offset, "limit": limit, "items": items})
 
 
 @router.get("/{twin_id}", summary="One twin with its live state", response_model=Twin, responses=errors(404))
