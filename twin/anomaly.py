@@ -61,7 +61,6 @@ no baseline for them.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time
@@ -70,6 +69,7 @@ from zoneinfo import ZoneInfo
 import numpy as np
 
 from twin.detect import DayScores, DetectView
+from twin.history import Topology
 from twin.kernels import anomaly as k
 from twin.kernels.load import DAILY
 
@@ -183,19 +183,18 @@ def _merged_ptr(spans: _Spans, n_cols: int) -> tuple[np.ndarray, np.ndarray, np.
 
 
 def _group_median(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Median over each group's rows, per day: [groups, days] (NaN for an empty group)."""
-    out = np.full((n_groups, values.shape[1]), np.nan, dtype=np.float64)
-    order = np.argsort(groups, kind="stable")
-    cuts = np.searchsorted(groups[order], np.arange(n_groups + 1))
-    with np.errstate(all="ignore"):
-        for g in range(n_groups):
-            rows = order[cuts[g]:cuts[g + 1]]
-            if rows.size:
-                block = values[rows]
-                if np.isfinite(block).any():
-                    with warnings.catch_warnings():
-                        warnings.simplefilter("ignore", RuntimeWarning)
-                        out[g] = np.nanmedian(block, axis=0)
+    """Median over each group's rows, per day: [groups, days] (NaN where none)."""
+    order = np.argsort(groups, kind="stable").astype(np.int64)
+    cuts = np.searchsorted(groups[order], np.arange(n_groups + 1)).astype(np.int64)
+    out = np.empty((n_groups, values.shape[1]), dtype=np.float64)
+    k.group_day_median(np.ascontiguousarray(values, dtype=np.float64), order, cuts, out)
+    return out
+
+
+def _row_quantile(values: np.ndarray, q: float) -> np.ndarray:
+    """Each row's quantile over its finite values (numpy.nanquantile's), NaN where none."""
+    out = np.empty(values.shape[0], dtype=np.float64)
+    k.row_quantile(np.ascontiguousarray(values, dtype=np.float64), q, out)
     return out
 
 
@@ -217,8 +216,8 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     interval_h = cal.interval_s / 3600.0
     daily = cal.interval_s >= DAILY
     tz = ZoneInfo(cal.timezone)
-    kind_of = np.array([c.kind for c in cols]) if cols else np.zeros(0, dtype="<U1")
-    is_sub = np.array([c.role == "sub" for c in cols], dtype=np.bool_)
+    index = column_index(view.topology)
+    kind_of, is_sub = index.kind, index.sub
     electric = (kind_of == "electric_meter") & is_sub
     water = (kind_of == "water_meter") & is_sub
 
@@ -241,9 +240,10 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     rate_max = np.zeros((n_cols, n_days), dtype=np.float32)
     total = np.zeros((n_cols, n_days), dtype=np.float64)
     night_min = np.zeros((n_cols, n_days), dtype=np.float32)
+    night_n = np.zeros((n_cols, n_days), dtype=np.int32)
     if n_cols and n_days:
-        k.day_features(matrix, cal.day_bounds, night, cal.slot, ptr, span_lo, span_hi, missing, silent, zero_run,
-                       negative, rate_max, total, night_min)
+        k.day_features(matrix, cal.day_bounds, night[cal.slot], ptr, span_lo, span_hi, missing, silent, zero_run,
+                       negative, rate_max, total, night_min, night_n)
     present = np.diff(cal.day_bounds)[None, :] - missing  # readings per day
     has_data = present > 0
     out: dict[str, DayScores] = {}
@@ -257,7 +257,7 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
                                             f"{int(per_day[d])} readings of the day missing)")
 
     # stuck
-    groups, n_groups = _groups(view)
+    groups, n_groups = index.group, index.n_groups
     peer_total = _group_median(np.where(has_data, total, np.nan), groups, n_groups)[groups] if n_cols else total
     used = np.maximum.accumulate(np.where(has_data, total, 0.0), axis=1) >= p.stuck_min_use if n_days else has_data
     zero_h = zero_run * interval_h
@@ -290,9 +290,7 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
                                  lambda c, d: f"register ran back {negative[c, d]:.3g} {cols[c].unit} in the day")
 
     # jump
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        usual = np.nanmedian(rate_max, axis=1) if n_days else np.zeros(n_cols)
+    usual = _row_quantile(rate_max, 0.5)
     usual = np.maximum(np.nan_to_num(usual, nan=0.0), p.jump_floor_per_h * interval_h)
     jump = (rate_max / usual[:, None]).astype(np.float32)
     out["jump"] = DayScores("jump", jump, p.jump_ratio,
@@ -313,8 +311,7 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     leak = _nan_scores(n_cols, n_days)
     if not daily:
         lph = night_min * 1000.0 / interval_h
-        counts = _night_counts(matrix, cal, night) if water.any() else np.zeros((n_cols, n_days), dtype=np.int32)
-        ok = water[:, None] & (counts >= p.leak_min_readings)
+        ok = water[:, None] & (night_n >= p.leak_min_readings)
         leak[ok] = lph[ok]
     out["leak"] = DayScores("leak", leak, p.leak_lph,
                             lambda c, d: f"water never stopped at night: at least {leak[c, d]:.1f} l/h every "
@@ -326,12 +323,41 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     return out
 
 
-def _groups(view: DetectView) -> tuple[np.ndarray, int]:
-    """Peer group of each column: its building and kind."""
+@dataclass(frozen=True)
+class ColumnIndex:
+    """What the rules need to know of the columns, as arrays; built once per topology."""
+
+    kind: np.ndarray  #: str [columns]: twin kind
+    sub: np.ndarray  #: bool [columns]: role sub
+    group: np.ndarray  #: int64 [columns]: peer group (building and kind)
+    n_groups: int  #: number of peer groups
+    electric_of: np.ndarray  #: int64 [columns]: a water meter's room's electric meter, else -1
+
+
+_INDEX: dict[int, tuple[Topology, ColumnIndex]] = {}
+
+
+def column_index(topology: Topology) -> ColumnIndex:
+    """The ColumnIndex of a topology, cached by identity (topologies are not changed once
+    built; a few are kept)."""
+    hit = _INDEX.get(id(topology))
+    if hit is not None and hit[0] is topology:
+        return hit[1]
+    cols = topology.columns
     keys: dict[tuple[str | None, str], int] = {}
-    groups = np.array([keys.setdefault((c.building, c.kind), len(keys)) for c in view.topology.columns],
-                      dtype=np.int64)
-    return groups, len(keys)
+    group = np.array([keys.setdefault((c.building, c.kind), len(keys)) for c in cols], dtype=np.int64)
+    electric_of_room: dict[str, int] = {}
+    for i, c in enumerate(cols):
+        if c.kind == "electric_meter" and c.role == "sub" and c.room:
+            electric_of_room.setdefault(c.room, i)
+    electric_of = np.array([electric_of_room.get(c.room, -1) if c.kind == "water_meter" and c.room else -1
+                            for c in cols], dtype=np.int64)
+    index = ColumnIndex(np.array([c.kind for c in cols], dtype="<U16"),
+                        np.array([c.role == "sub" for c in cols], dtype=np.bool_), group, len(keys), electric_of)
+    if len(_INDEX) >= 8:
+        _INDEX.clear()
+    _INDEX[id(topology)] = (topology, index)
+    return index
 
 
 def _presence(view: DetectView, total: np.ndarray, clean: np.ndarray,
@@ -340,42 +366,19 @@ def _presence(view: DetectView, total: np.ndarray, clean: np.ndarray,
     usual day (the upper quartile of its `clean` days: read in full, not stuck; with
     presence_days of them at least) and the day is clean (the household is at home); and,
     per column, the electric meter of its room (-1)."""
-    cols = view.topology.columns
-    elec_of_room: dict[str, int] = {}
-    for i, c in enumerate(cols):
-        if c.kind == "electric_meter" and c.role == "sub" and c.room:
-            elec_of_room.setdefault(c.room, i)
-    elec_of = np.array([elec_of_room.get(c.room, -1) if c.kind == "water_meter" and c.room else -1 for c in cols],
-                       dtype=np.int64)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        usual = np.nanpercentile(np.where(clean, total, np.nan), 75, axis=1) if total.shape[1] else np.zeros(len(cols))
+    elec_of = column_index(view.topology).electric_of
+    usual = _row_quantile(np.where(clean, total, np.nan), 0.75)
     usual[clean.sum(axis=1) < p.presence_days] = np.inf  # too short a record to tell
     home = clean & (total >= p.presence_share * np.nan_to_num(usual, nan=np.inf)[:, None])
     return home, elec_of
-
-
-def _night_counts(matrix: np.ndarray, cal: object, night: np.ndarray) -> np.ndarray:
-    """Readings in the night window per column per day (missing not counted)."""
-    from twin.kernels.load import Calendar
-    assert isinstance(cal, Calendar)
-    idx = np.flatnonzero(night[cal.slot])
-    day = np.searchsorted(cal.day_bounds, idx, side="right") - 1
-    out = np.zeros((matrix.shape[0], len(cal.days)), dtype=np.int32)
-    if idx.size:
-        ok = ~np.isnan(matrix[:, idx])
-        for d in np.unique(day):
-            out[:, d] = ok[:, day == d].sum(axis=1)
-    return out
 
 
 def _level_shift(view: DetectView, total: np.ndarray, missing: np.ndarray, groups: np.ndarray, n_groups: int,
                  p: AnomalyParams) -> DayScores:
     n_cols, n_days = total.shape
     days = np.where(missing == 0, total, np.nan)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        own = np.nanmedian(days, axis=1) if n_days else np.zeros(n_cols)
+    own = _row_quantile(days, 0.5)
+    with np.errstate(all="ignore"):
         norm = days / np.where(own > 0, own, np.nan)[:, None]
     peer = _group_median(norm, groups, n_groups)[groups] if n_cols else norm
     peer = np.where(np.isfinite(peer) & (peer > 0), peer, 1.0)
@@ -387,8 +390,8 @@ def _level_shift(view: DetectView, total: np.ndarray, missing: np.ndarray, group
                        low, high)
     with np.errstate(all="ignore"):
         score = np.maximum(np.maximum(np.log(low), -np.log(high)), 0.0).astype(np.float32)
-    kinds = np.array([c.kind in ("electric_meter", "water_meter") and c.role == "sub"
-                      for c in view.topology.columns], dtype=np.bool_)
+    index = column_index(view.topology)
+    kinds = ((index.kind == "electric_meter") | (index.kind == "water_meter")) & index.sub
     score[~kinds] = np.nan
 
     def evidence(c: int, d: int) -> str:

@@ -55,7 +55,7 @@ def _random_matrix(rng: np.random.Generator, n_cols: int, n: int) -> np.ndarray:
 def _ref_day_features(m, bounds, night_slot, slot, spans):
     n_cols, n_days = m.shape[0], len(bounds) - 1
     outs = {name: np.zeros((n_cols, n_days)) for name in
-            ("missing", "silent", "zero", "negative", "rate", "total", "night")}
+            ("missing", "silent", "zero", "negative", "rate", "total", "night", "night_n")}
     for c in range(n_cols):
         excused = np.zeros(m.shape[1], dtype=bool)
         for lo, hi in spans.get(c, []):
@@ -90,6 +90,7 @@ def _ref_day_features(m, bounds, night_slot, slot, spans):
             outs["zero"][c, d] = best_zero
             outs["rate"][c, d] = max(rates) if rates else np.nan
             outs["night"][c, d] = min(nights) if nights else np.nan
+            outs["night_n"][c, d] = len(nights)
     return outs
 
 
@@ -114,9 +115,9 @@ def test_day_features_matches_a_plain_reference():
     got = {"missing": np.zeros(shape, np.int32), "silent": np.zeros(shape, np.int32),
            "zero": np.zeros(shape, np.int32), "negative": np.zeros(shape, np.float32),
            "rate": np.zeros(shape, np.float32), "total": np.zeros(shape, np.float64),
-           "night": np.zeros(shape, np.float32)}
-    k.day_features(m, bounds, night_slot, slot, ptr, lo, hi, got["missing"], got["silent"], got["zero"],
-                   got["negative"], got["rate"], got["total"], got["night"])
+           "night": np.zeros(shape, np.float32), "night_n": np.zeros(shape, np.int32)}
+    k.day_features(m, bounds, night_slot[slot], ptr, lo, hi, got["missing"], got["silent"], got["zero"],
+                   got["negative"], got["rate"], got["total"], got["night"], got["night_n"])
     ref = _ref_day_features(m, bounds, night_slot, slot, spans)
     for name in got:
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
