@@ -8,18 +8,21 @@ URL to a page, the timer that drives every live update (one `dcc.Interval`), sig
 
 from __future__ import annotations
 
+import threading
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import dash
+import numpy as np
 from a2wsgi import WSGIMiddleware
 from dash import Input, Output, dcc, html
 
 from control.auth import Role
 from dashboard import pages
 from dashboard.bridge import Bridge
-from dashboard.data import EnergyDays, RoomIndex
+from dashboard.data import EnergyDays, RoomIndex, room_states
 from dashboard.session import current_role, current_user, install
 
 if TYPE_CHECKING:
@@ -29,6 +32,8 @@ if TYPE_CHECKING:
 
 #: Milliseconds between live updates of the page on screen.
 TICK_MS = 2000
+#: Seconds a computed room grid is shared by every dashboard asking for it.
+STATES_TTL_S = 0.5
 
 NAV = (("/", "Overview"), ("/grid", "Room grid"), ("/alarms", "Alarms"), ("/reports", "Reports"),
        ("/tasks", "Tasks"), ("/sim", "Simulation"))
@@ -43,6 +48,20 @@ class Dashboard:
         self.bridge = Bridge(platform)
         self.grids: dict[str, RoomIndex] = {}
         self.energy_days = EnergyDays()
+        self._states: dict[str, tuple[float, tuple[np.ndarray, np.ndarray]]] = {}
+        self._states_lock = threading.Lock()
+
+    def states(self, building: str) -> tuple[np.ndarray, np.ndarray]:
+        """Room states and balances of a grid, computed at most once per `STATES_TTL_S`
+        however many dashboards ask (they all show the same site)."""
+        with self._states_lock:
+            cached = self._states.get(building)
+            if cached is not None and time.monotonic() - cached[0] < STATES_TTL_S:
+                return cached[1]
+            index = self.grid(building or None)
+            result = self.bridge.locked(lambda: room_states(self.platform, index))
+            self._states[building] = (time.monotonic(), result)
+            return result
 
     def grid(self, building: str | None) -> RoomIndex:
         """The room grid of one building or of the site ("" or None), built once."""

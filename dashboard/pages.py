@@ -147,7 +147,7 @@ def grid_layout(board: Dashboard, role: Role) -> Any:
 
 def _grid(board: Dashboard, building: str, patch_only: bool) -> tuple[Any, Any]:
     index = board.grid(building or None)
-    state, balance = board.bridge.locked(lambda: data.room_states(board.platform, index))
+    state, balance = board.states(building)
     counts = " · ".join(f"{k}: {v:,}" for k, v in data.state_counts(state).items() if v)
     if patch_only:
         parts = data.grid_figure(index, state, balance, full=False)
@@ -337,8 +337,8 @@ def _act(board: Dashboard, who: str, twin_id: str, pending: dict[str, Any]) -> t
             made.append(push)
         if pending.get("restore") and data.available_fen(platform, [account])[0] > 0:
             for twin in platform.account_twins.get(account, []):
-                kind, row = platform.world.state.locate(twin)
-                reported = platform.world.state.tables[kind].faces["reported"]
+                kind, row = platform.state.locate(twin)
+                reported = platform.state.tables[kind].faces["reported"]
                 if kind is Kind.ELECTRIC_METER and reported["relay_closed"][row] == 0:
                     made.append(platform.commands.create(twin, "relay_close", by=who, source="operator",
                                                          now=platform.now()))
@@ -514,7 +514,7 @@ def sim_layout(board: Dashboard, role: Role) -> Any:
     children: list[Any] = [html.H2("Simulation"),
                            html.Div(className="cards", children=[
                                _card("Speed", f"{platform.speed:g}x", "sim-speed"),
-                               _card("Twins", f"{len(platform.world.state):,}", "sim-twins"),
+                               _card("Twins", f"{len(platform.state):,}", "sim-twins"),
                                _card("Kernel time", "…", "sim-kernel")])]
     if role >= Role.OPERATOR:
         children.append(html.Div(className="panel form", children=[
