@@ -18,6 +18,7 @@ from control.api import (
     errors,
     history,
     keys,
+    overview,
     simulation,
     site,
     tariffs,
@@ -38,7 +39,8 @@ def create_app(platform: Platform) -> FastAPI:
                   description="Twins with live state, commands, alarms and access. Authenticate with "
                               "`Authorization: Bearer mt_...` (an API key) or HTTP Basic (a user).")
     app.state.platform = platform
-    for module in (site, twins, history, accounts, commands, alarms, tasks, tariffs, energy, simulation, keys):
+    for module in (site, overview, twins, history, accounts, commands, alarms, tasks, tariffs, energy, simulation,
+                   keys):
         app.include_router(module.router)
     errors.install(app)
 

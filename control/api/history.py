@@ -215,3 +215,22 @@ async def building_history(request: Request, building_id: str,
         raise HTTPException(400, f"building {building_id!r} has no {role} {utility} meter")
     t0, t1 = _span(history, platform, start, end)
     return await asyncio.to_thread(_series, history, platform, building_id, utility, columns, t0, t1, points)
+
+
+@router.get("/api/site/history", summary="The whole site's readings over a range, bucketed",
+            response_model=Series, responses=errors(400))
+async def site_history(request: Request, utility: Literal["electric", "water"] = "electric",
+                       role: Literal["sub", "master"] = Query("sub", description="sum the sub meters or "
+                                                                                 "the master meters"),
+                       start: datetime | None = START, end: datetime | None = END,
+                       points: int = POINTS) -> dict[str, Any]:
+    """The sum of every meter of one utility and role per bucket: the overview's chart.
+    Example: `GET /api/site/history?utility=water&points=96`."""
+    platform = get_platform(request)
+    history = reader(request)
+    columns = [i for i, c in enumerate(history.topology.columns) if c.utility == utility and c.role == role]
+    if not columns:
+        raise HTTPException(400, f"this site has no {role} {utility} meter")
+    t0, t1 = _span(history, platform, start, end)
+    return await asyncio.to_thread(_series, history, platform, platform.scenario.site.id, utility, columns,
+                                   t0, t1, points)

@@ -122,6 +122,11 @@ def _room(room: Room, snap: Snapshot, specs: dict[str, Any]) -> dict[str, Any]:
             "account": room.account, "twins": list(room.twins), "status": worst(statuses)}
 
 
+def room_statuses(platform: Platform, snap: Snapshot) -> list[str]:
+    """The status of every room of the site, in site order."""
+    return [_room(r, snap, platform.twin_specs)["status"] for r in platform.scenario.site.rooms]
+
+
 def _building(platform: Platform, building: Building, snap: Snapshot) -> dict[str, Any]:
     rooms = [_room(r, snap, platform.twin_specs) for r in building.rooms]
     inside = sum(len(r["twins"]) for r in rooms) + len(building.twins)
