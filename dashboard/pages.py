@@ -194,7 +194,7 @@ def twin_layout(board: Dashboard, twin_id: str, role: Role) -> Any:
                                           else {"display": "none"}) for bid, action, label in BUTTONS]
         buttons.append(html.Span(style={} if spec.account else {"display": "none"}, children=[
             html.Span(" Top up "), dcc.Input(id="topup-yuan", type="number", value=100, min=0.01, step=0.01,
-                                             style={"width": "7em"}), html.Span(" yuan "),
+                                             style={"width": "10em"}), html.Span(" yuan "),
             dcc.Checklist(id="topup-restore", options=[{"label": "restore supply once in credit",
                                                         "value": "restore"}], value=["restore"],
                           inline=True, style={"display": "inline-block"}),
@@ -401,7 +401,8 @@ def reports_layout(board: Dashboard, role: Role) -> Any:
                                                options=[{"label": v, "value": k} for k, v in REPORTS.items()])]),
             html.Label(["Period ", dcc.RadioItems(id="report-period", value="day", inline=True,
                                                  options=["day", "month", "year"])]),
-            html.Label(["Month ", dcc.Input(id="report-month", placeholder="YYYY-MM (bands)", size="10")]),
+            html.Label(["Month ", dcc.Input(id="report-month", placeholder="YYYY-MM (bands)",
+                                            style={"width": "11em"})]),
             html.Button("Download CSV", id="report-download-btn"), dcc.Download(id="report-download"),
             html.Span(id="report-error", className="error")]),
         html.Div(className="panel", children=[dcc.Graph(id="report-graph", config={"displaylogo": False})]),
@@ -520,17 +521,17 @@ def sim_layout(board: Dashboard, role: Role) -> Any:
         children.append(html.Div(className="panel form", children=[
             html.H3("Drive the world"),
             html.Label(["Speed ", dcc.Input(id="sim-speed-in", type="number", min=0.1, max=100000,
-                                           value=platform.speed, style={"width": "7em"}), "x "]),
+                                           value=platform.speed, style={"width": "10em"}), "x "]),
             html.Button("Set speed", id="sim-set-speed"), html.Br(),
             html.Label(["Inject ", dcc.Dropdown(id="sim-kind", options=list(INJECT_KINDS), value="offline",
                                                clearable=False, style={"width": "12em", "display": "inline-block"})]),
-            html.Label(["into twin ", dcc.Input(id="sim-twin", placeholder="B01-02-03.em")]),
+            html.Label(["into twin ", dcc.Input(id="sim-twin", placeholder="B01-02-03.em", style={"width": "12em"})]),
             html.Label(["for ", dcc.Input(id="sim-hours", type="number", min=0.25, value=6, style={"width": "5em"}),
                         " simulated hours "]),
             html.Button("Inject", id="sim-inject")]))
     children += [html.Div(id="sim-result"),
         html.Div(className="panel", children=[html.H3("Injections in this world"), html.Div(id="sim-injections")]),
-        html.Div(className="panel", children=[html.H3("What the detectors raised (newest first)"),
+        html.Div(className="panel", children=[html.H3("What the detectors raised on those twins (newest first)"),
                                               html.Div(id="sim-alarms")]),
     ]
     return html.Div(children)
@@ -551,7 +552,10 @@ def _sim_view(board: Dashboard) -> tuple[Any, ...]:
                          "until": _local(platform, end) if inj.end_step < world.run_steps else "end of run",
                          "live": "yes" if inj.extra.get("live") else "scenario",
                          "active": "yes" if start <= platform.now() < end else "no"})
-        alarms = sorted(platform.alarms.alarms.values(), key=lambda a: -a.id)[:50]
+        injected = {inj.twin for inj in world.injections}
+        accounts = {platform.twin_specs[t].account for t in injected if t in platform.twin_specs} - {None}
+        alarms = sorted((a for a in platform.alarms.alarms.values() if a.twin in injected or a.account in accounts),
+                        key=lambda a: -a.id)[:100]
         return rows, alarms, world.kernel_seconds
 
     rows, alarms, kernel = board.bridge.locked(read)

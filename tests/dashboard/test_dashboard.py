@@ -334,7 +334,9 @@ def test_task_and_injection(platform, operator):
     click(driver, "sim-inject")
     wait_text(driver, "sim-result", "offline injected into B01-02-02.em")
     wait_for(driver, lambda d: "B01-02-02.em" in text_of(d, "sim-injections"), "the injection listed")
-    wait_for(driver, lambda d: "B01-02-02.em" in text_of(d, "sim-alarms"), "the offline detector's alarm")
+    wait_for(driver, lambda d: d.find_elements(By.XPATH, "//*[@id='sim-alarm-table']//tr[td[2]='offline' and "
+                                                    "td[3]='B01-02-02.em' and td[6]='raised']"),
+             "the offline detector's alarm on the injected meter")
     shot(driver, "simulation")
 
 
