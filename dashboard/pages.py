@@ -125,13 +125,18 @@ def _overview(board: Dashboard) -> tuple[Any, ...]:
 
 
 def grid_layout(board: Dashboard, role: Role) -> Any:
-    buildings = [{"label": "All buildings", "value": ""}] + [
-        {"label": b.name or b.id, "value": b.id} for b in board.platform.scenario.site.buildings]
+    site = board.platform.scenario.site
+    buildings = [{"label": b.name or b.id, "value": b.id} for b in site.buildings]
+    whole = board.grid(None)
+    if whole.width * whole.height <= data.MAX_POINTS:  # a site too big for one figure is shown a building at a time
+        buildings.insert(0, {"label": "All buildings", "value": ""})
     legend = [html.Span([html.I(style={"background": c}), s]) for s, c in zip(data.STATES, data.COLOURS, strict=True)]
     return html.Div([
         html.H2("Room grid"),
         html.Div(className="panel form", children=[
-            html.Label(["Building ", dcc.Dropdown(id="grid-building", options=buildings, value="", clearable=False,
+            html.Label(["Building ", dcc.Dropdown(id="grid-building", options=buildings,
+                                                 value=buildings[0]["value"] if buildings else "",
+                                                 clearable=False,
                                                  style={"width": "16em", "display": "inline-block"})]),
             html.Label(["Room or twin ", dcc.Input(id="grid-search", placeholder="B01-02-03", debounce=True)]),
             html.Button("Open", id="grid-open"), html.Span(id="grid-search-error", className="error"),

@@ -96,6 +96,8 @@ def install(server: flask.Flask, platform: Platform) -> None:
     @server.before_request
     def guard() -> Any:
         path = flask.request.path
+        if path == "/api" or path.startswith("/api/"):  # the API's routes come first: what reaches here is none
+            return flask.jsonify({"detail": f"no API route {flask.request.method} {path}; see /api/docs"}), 404
         if path.startswith(OPEN_PREFIXES):
             return None
         role = current_role()

@@ -203,10 +203,13 @@ def grid_text(driver) -> list:
 
 def test_signed_out_requests_are_refused(platform):
     """Without a session a page redirects to the sign-in form and Dash's requests get 401;
-    a wrong password gets the form again with 401."""
+    a wrong password gets the form again with 401; an unknown /api path is a JSON 404, not
+    the dashboard."""
     page = httpx.get(platform.url + "/grid", timeout=10)
     assert page.status_code == 302 and page.headers["location"].startswith("/login")
     assert httpx.post(platform.url + "/_dash-update-component", json={}, timeout=10).status_code == 401
+    missing = httpx.get(platform.url + "/api/no-such-thing", timeout=10)
+    assert missing.status_code == 404 and "no API route" in missing.json()["detail"]
     wrong = httpx.post(platform.url + "/login", data={"username": "olga", "password": "not-it-at-all"}, timeout=10)
     assert wrong.status_code == 401 and "Wrong user name or password" in wrong.text
 

@@ -1,0 +1,129 @@
+"""What the dashboard's pages aggregate on the server: room states (worst first), the room
+grid's layout and figure, energy by period beside last year. Against a real platform built
+in-process from a small scenario (no server, no browser)."""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from control.policies import AccountPolicyState
+from control.runtime import Platform
+from dashboard import data
+
+SCENARIO = """\
+[site]
+id = "G1"
+name = "Grid test"
+
+[tariffs.power]
+kind = "flat"
+price_yuan = 0.5
+
+[[buildings]]
+ids = "B01..B03"
+floors = 4
+rooms_per_floor = 3
+electric = { tariff = "power" }
+water = { valve = true }
+
+[residents]
+opening_yuan = [300, 300]
+billing = "platform"
+"""
+
+
+@pytest.fixture(scope="module")
+def platform(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("grid")
+    (tmp / "grid.toml").write_text(SCENARIO)
+    made = Platform(str(tmp / "grid.toml"), tmp / "data", start=datetime(2026, 3, 2, 9))
+    made.world.advance_to(2 * 3600)
+    yield made
+    made.close()
+
+
+def _set(platform: Platform, twin: str, face_field: str, value: int) -> None:
+    kind, row = platform.world.state.locate(twin)
+    platform.world.state.tables[kind].faces["reported"][face_field][row] = value
+
+
+def test_room_grid_places_every_room_once(platform):
+    """Every room has its own cell; buildings sit side by side with a gap, floors are rows
+    from the ground up; the figure colours exactly the rooms and nothing else."""
+    index = data.RoomIndex.build(platform)
+    assert len(index.ids) == 36
+    cells = set(zip(index.x.tolist(), index.y.tolist(), strict=True))
+    assert len(cells) == 36
+    first = index.ids.index("B01-01-01")
+    assert (index.x[first], index.y[first]) == (0, 0)
+    assert index.y[index.ids.index("B01-04-01")] == 3  # the fourth floor is the fourth row
+    assert index.x[index.ids.index("B01-01-03")] + 2 == index.x[index.ids.index("B02-01-01")]  # one empty column
+    state, balance = data.room_states(platform, index)
+    figure = data.grid_figure(index, state, balance)
+    z = np.array(figure["data"][0]["z"], dtype=float)
+    assert z.size <= data.MAX_POINTS
+    assert np.count_nonzero(~np.isnan(z)) == 36
+    assert {b for b, _, _ in index.labels} == {"B01", "B02", "B03"}
+    one = data.RoomIndex.build(platform, "B02")
+    assert one.ids[0] == "B02-01-01" and len(one.ids) == 12
+    with pytest.raises(KeyError, match="no building"):
+        data.RoomIndex.build(platform, "B09")
+
+
+def test_room_states_worst_first(platform):
+    """A room shows the worst of what holds: offline over cut off over alarm over arrears
+    over low balance over normal."""
+    index = data.RoomIndex.build(platform, "B03")
+    state, _ = data.room_states(platform, index)
+    assert set(state.tolist()) == {data.NORMAL}
+    now = platform.now()
+    platform.policy.states["A-B03-01-01"] = AccountPolicyState(level=2)
+    platform.ledger.deduct("A-B03-01-02", 40000, "electric", at=now)  # 300 yuan opening, 400 charged
+    platform.alarms.raise_("command_failed", twin="B03-01-03.em", at=now)
+    platform.alarms.raise_("low_balance_1", account="A-B03-02-03", at=now)  # has a state of its own
+    _set(platform, "B03-02-01.em", "relay_closed", 0)
+    _set(platform, "B03-02-02.vl", "open", 0)
+    platform.alarms.raise_("command_failed", twin="B03-03-01.em", at=now)
+    _set(platform, "B03-03-01.em", "relay_closed", 0)  # cut off and alarmed: cut off
+    _set(platform, "B03-03-02.wm", "online", 0)
+    _set(platform, "B03-03-02.em", "relay_closed", 0)  # offline and cut off: offline
+    state, balance = data.room_states(platform, index)
+    shown = {room: data.STATES[s] for room, s in zip(index.ids, state.tolist(), strict=True)}
+    assert shown["B03-01-01"] == "low balance"
+    assert shown["B03-01-02"] == "arrears" and balance[index.ids.index("B03-01-02")] < 0
+    assert shown["B03-01-03"] == "alarm"
+    assert shown["B03-02-01"] == "cut off" and shown["B03-02-02"] == "cut off"
+    assert shown["B03-02-03"] == "normal"
+    assert shown["B03-03-01"] == "cut off"
+    assert shown["B03-03-02"] == "offline"
+    assert data.state_counts(state)["normal"] == 12 - 7
+
+
+def test_energy_by_period_puts_last_year_beside():
+    """Days roll up into months and years; each period carries the same period a year
+    earlier, or None when the history does not hold it."""
+    tz = ZoneInfo("Asia/Shanghai")
+    days = [(datetime(2025, 3, 1, tzinfo=tz) + timedelta(days=i), 10.0, 1.0) for i in range(400)]
+    months = {r["period"]: r for r in data.energy_by_period(days, "month")}
+    assert months["2025-03"]["energy_kwh"] == 310.0 and months["2025-03"]["energy_kwh_last_year"] is None
+    assert months["2026-03"]["energy_kwh"] == 310.0 and months["2026-03"]["energy_kwh_last_year"] == 310.0
+    assert months["2026-04"]["energy_kwh"] == 40.0 and months["2026-04"]["energy_kwh_last_year"] == 300.0
+    assert months["2026-03"]["water_m3_last_year"] == 31.0
+    years = data.energy_by_period(days, "year")
+    assert [(r["period"], r["energy_kwh"]) for r in years] == [("2025", 3060.0), ("2026", 940.0)]
+    assert years[1]["energy_kwh_last_year"] == 3060.0
+    one_day = data.energy_by_period(days, "day")
+    assert len(one_day) == 400 and one_day[-1]["energy_kwh_last_year"] == 10.0
+
+
+def test_downsample_keeps_short_series_and_caps_long_ones():
+    """A day of intervals passes whole; a long series comes down to the limit by means."""
+    t = np.arange(96)
+    v = np.arange(96, dtype=float)
+    assert data.downsample(t, v)[1] is v
+    t2, v2 = data.downsample(np.arange(10_000), np.ones(10_000), limit=1000)
+    assert len(t2) == 1000 and np.all(v2 == 1.0)
