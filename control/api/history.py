@@ -101,40 +101,37 @@ def _first_month_start(history: History) -> int | None:
     return int(datetime.strptime(months[0], "%Y-%m").replace(tzinfo=UTC).timestamp())
 
 
-def _read_step(history: History, t0: int, t1: int, bucket_s: int, finest: int) -> int:
-    """The coarsest interval to read at: a multiple of `finest` that divides a day, the
-    bucket and the range, with `t0` on its boundary (so a year of day buckets from a UTC
-    midnight reads day roll-ups)."""
+def _read_step(history: History, edges: np.ndarray, finest: int) -> int:
+    """The coarsest interval to read at: a multiple of `finest` that divides a day and
+    every edge (so a year of days from a UTC midnight reads day roll-ups)."""
     step = history.interval_s
-    candidates = [d for d in range(step, 86401, step) if 86400 % d == 0]
-    fits = [d for d in candidates
-            if d % finest == 0 and bucket_s % d == 0 and t0 % d == 0 and (t1 - t0) % d == 0]
+    fits = [d for d in range(step, 86401, step)
+            if 86400 % d == 0 and d % finest == 0 and not np.any(edges % d)]
     return max(fits, default=finest)
 
 
-def bucket_sums(history: History, columns: list[int], t0: int, t1: int, points: int
-                ) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
-    """(start, end, bucket seconds, bucket starts, sums, missing counts) of the columns over
-    [t0, t1) in at most `points` buckets, read at the coarsest interval that fits (roll-ups
-    where the history keeps them), slice by slice. Where part of the range is kept only as
-    roll-ups, the range and the buckets widen to that level's boundaries."""
+def _finest(history: History, t0: int, t1: int) -> int:
+    """The finest interval the history serves all of its part of [t0, t1) at."""
     step = history.interval_s
     first, last = _first_month_start(history), history.end
-    finest = step
-    if first is not None and last is not None and max(t0, first) < min(t1, last):
-        finest = history.resolution(max(t0, first) // step * step, -(-min(t1, last) // step) * step)
-    t0, t1 = t0 // finest * finest, -(-t1 // finest) * finest
-    n = (t1 - t0) // step
-    k = max(1, -(-n // points))
-    per = finest // step
-    k = -(-k // per) * per  # a bucket holds whole cells of the finest level
-    nb = -(-n // k)
-    bucket_s = k * step
-    sums = np.zeros(nb, dtype=np.float64)
-    present = np.zeros(nb, dtype=np.int64)
-    if first is not None and last is not None:
-        d = _read_step(history, t0, t1, bucket_s, finest)
-        r0, r1 = max(t0, first), min(t1, -(-last // d) * d)
+    if first is None or last is None or max(t0, first) >= min(t1, last):
+        return step
+    return history.resolution(max(t0, first) // step * step, -(-min(t1, last) // step) * step)
+
+
+def period_sums(history: History, columns: list[int], edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(sums, missing counts) of the columns' readings in each period [edges[i],
+    edges[i + 1]) (UTC epoch seconds on the interval's boundaries, ascending), read at the
+    coarsest interval that fits, slice by slice of bounded size. A sum is NaN where the
+    period holds no reading; missing counts readings (interval x meter)."""
+    step = history.interval_s
+    n = len(edges) - 1
+    sums = np.zeros(n, dtype=np.float64)
+    present = np.zeros(n, dtype=np.int64)
+    first, last = _first_month_start(history), history.end
+    if first is not None and last is not None and n > 0:
+        d = _read_step(history, edges, _finest(history, int(edges[0]), int(edges[-1])))
+        r0, r1 = max(int(edges[0]), first), min(int(edges[-1]), -(-last // d) * d)
         slice_s = max(1, SLICE_VALUES // max(len(columns), 1)) * d
         t = r0
         while t < r1:
@@ -144,16 +141,29 @@ def bucket_sums(history: History, columns: list[int], t0: int, t1: int, points: 
                 seen = (~np.isnan(block)).sum(axis=0)
             else:
                 seen = len(columns) * (d // step) - history.read_missing(t, stop, columns, interval_s=d).sum(axis=0)
-            per_cell = np.nansum(block, axis=0, dtype=np.float64)
-            index = ((t - t0) // step + np.arange(block.shape[1]) * (d // step)) // k
-            sums += np.bincount(index, weights=per_cell, minlength=nb)
-            present += np.bincount(index, weights=seen, minlength=nb).astype(np.int64)
+            index = np.searchsorted(edges, t + np.arange(block.shape[1], dtype=np.int64) * d, side="right") - 1
+            sums += np.bincount(index, weights=np.nansum(block, axis=0, dtype=np.float64), minlength=n)
+            present += np.bincount(index, weights=seen, minlength=n).astype(np.int64)
             t = stop
-    sizes = np.full(nb, k, dtype=np.int64)
-    sizes[-1] = n - k * (nb - 1)
-    missing = sizes * len(columns) - present
-    times = t0 + np.arange(nb, dtype=np.int64) * bucket_s
+    missing = np.diff(edges) // step * len(columns) - present
     sums[present == 0] = np.nan
+    return sums, missing
+
+
+def bucket_sums(history: History, columns: list[int], t0: int, t1: int, points: int
+                ) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
+    """(start, end, bucket seconds, bucket starts, sums, missing counts) of the columns
+    over [t0, t1) in at most `points` buckets of whole intervals. Where part of the range
+    is kept only as roll-ups, the range and the buckets widen to that level's boundaries."""
+    step = history.interval_s
+    finest = _finest(history, t0, t1)
+    t0, t1 = t0 // finest * finest, -(-t1 // finest) * finest
+    n = (t1 - t0) // step
+    per = finest // step
+    k = -(-max(1, -(-n // points)) // per) * per  # a bucket holds whole cells of the finest level
+    bucket_s = k * step
+    times = np.arange(t0, t1, bucket_s, dtype=np.int64)
+    sums, missing = period_sums(history, columns, np.append(times, t1))
     return t0, t1, bucket_s, times, sums, missing
 
 

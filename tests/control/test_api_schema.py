@@ -67,12 +67,13 @@ ROLES: dict[tuple[str, str], str] = {
     ("GET", "/api/health"): "public",
     ("POST", "/api/payments/{provider}"): "signed",
     **{("GET", path): "viewer" for path in (
-        "/api/site", "/api/site/history", "/api/overview", "/api/buildings", "/api/buildings/{building_id}", "/api/buildings/{building_id}/history",
+        "/api/site", "/api/site/history", "/api/overview", "/api/buildings", "/api/buildings/{building_id}",
+        "/api/buildings/{building_id}/history",
         "/api/rooms", "/api/rooms/{room_id}", "/api/twins", "/api/twins/{twin_id}", "/api/twins/{twin_id}/history",
         "/api/accounts", "/api/accounts/{account_id}", "/api/accounts/{account_id}/access", "/api/arrears",
         "/api/commands", "/api/commands/{command_id}", "/api/alarms", "/api/alarms/{alarm_id}", "/api/tasks",
         "/api/tasks/{task_id}", "/api/tariffs", "/api/tariffs/{name}", "/api/fee-items", "/api/reports/energy",
-        "/api/reports/income", "/api/reports/orders", "/api/simulation")},
+        "/api/reports/consumption", "/api/reports/income", "/api/reports/orders", "/api/simulation")},
     **{("POST", path): "operator" for path in (
         "/api/commands", "/api/commands/batch", "/api/alarms/{alarm_id}/acknowledge", "/api/alarms/{alarm_id}/clear",
         "/api/accounts/{account_id}/topups", "/api/accounts/{account_id}/refunds",

@@ -202,3 +202,30 @@ def test_overview_and_the_sites_history(platform):
     assert over["today"]["electric_kwh"] is None and over["today"]["paid_in_fen"] == 0
     assert site["meters"] == b01["meters"] + b02["meters"] == 6 and site["times"] == b01["times"]
     np.testing.assert_allclose(site["values"], np.add(b01["values"], b02["values"]), rtol=1e-6)
+
+
+def test_consumption_by_day_beside_last_year(platform):
+    """Days of a building's electricity are the sums of its sub meters over each local day
+    (checked against the history's own readings); last year is not in the history, so its
+    figures and the change are null; a month sums the same readings; CSV has the rows."""
+    history = open_history(platform.data / "history")
+    t_end = history.end
+    subs = [c.id for c in history.topology.columns if c.building == "B01" and c.utility == "electric"
+            and c.role == "sub"]
+    raw = history.read(t_end - 2 * 86400, t_end, subs).astype(np.float64).sum(axis=0)
+    days, month, text, bad = ask(
+        platform, Role.VIEWER, ("GET", "/api/reports/consumption?building=B01&start=2026-03-02&end=2026-03-03", None),
+        ("GET", "/api/reports/consumption?period=month&building=B01&start=2026-03-01&end=2026-03-31", None),
+        ("GET", "/api/reports/consumption?building=B01&start=2026-03-02&end=2026-03-03&format=csv", None),
+        ("GET", "/api/reports/consumption?start=2026-03-05&end=2026-03-01", None))
+    rows = days.json()
+    assert [r["period"] for r in rows] == ["2026-03-02", "2026-03-03"]
+    np.testing.assert_allclose([r["units"] for r in rows], [raw[:96].sum(), raw[96:].sum()], rtol=1e-6)
+    assert [r["missing"] for r in rows] == [0, 0]
+    assert rows[0]["last_year_period"] == "2025-03-02" and rows[0]["last_year_units"] is None
+    assert rows[0]["change_pct"] is None
+    (march,) = month.json()
+    np.testing.assert_allclose(march["units"], raw.sum(), rtol=1e-6)
+    assert march["missing"] == (31 - 2) * 96 * len(subs)
+    assert text.headers["content-type"].startswith("text/csv") and text.text.count("\n") == 3
+    assert bad.status_code == 400 and "before start" in bad.json()["detail"]
