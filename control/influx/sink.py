@@ -6,16 +6,21 @@ Three stages, each bounded:
 1. `add_interval` (the tick thread) copies the row into an in-memory queue and returns;
    past `queue_bytes` the row is dropped and counted (the history store still has it;
    `metertwin export --from --until` sends it later).
-2. The appender thread turns rows into line protocol, reads new ledger transfers by id
+2. The appender thread turns rows into line protocol and reads new ledger transfers by id
    (its own read-only connection to ledger.sqlite: every movement, whichever code made
-   it), and appends both to the spool on disk (fsync'd once it has caught up, and every
-   second while busy; see spool.py). Past `spool_bytes` unsent it drops and counts too.
-3. The sender thread posts the oldest unsent batches in order through influxdb-client,
-   retrying with backoff while the server is slow or away, and moves the spool's cursor
-   only after a 2xx.
+   it). While the server keeps up, batches wait in memory (up to `direct_bytes`) for the
+   sender; otherwise they go to the spool on disk (fsync'd once the appender has caught
+   up, and every second while busy; see spool.py). Past `spool_bytes` unsent it drops and
+   counts too.
+3. The sender thread posts the oldest unsent batches in order through influxdb-client.
+   The first failure, or a backlog past half of `direct_bytes`, moves every batch still in
+   memory (the one that failed first) to the spool, and the sender works from the spool,
+   retrying with backoff, until it is empty; the spool's cursor moves only after a 2xx.
 
-Replays: the spool remembers the last interval and the last ledger transfer it took
-(its marks), so the intervals a restarted platform replays are not sent again.
+Replays: the sink remembers the last interval and the last ledger transfer the server
+accepted or the spool holds (its marks, in the spool's cursor and records), so the
+intervals a restarted platform replays are not sent again, and what was only in memory
+when the process died is produced again by the replay (the ledger is read again by id).
 Delivery is at least once: a sender killed after the server accepted a batch but before
 the cursor moved sends that batch again on restart. The lines are identical (same series,
 time and value), which InfluxDB stores as one point and VictoriaMetrics collapses with
@@ -72,6 +77,7 @@ class InfluxSink:
 
     def __init__(self, target: Target, spool_dir: Path, topology: Topology, *, ledger_path: Path | None = None,
                  batch_lines: int = 50_000, queue_bytes: int = 64 << 20, spool_bytes: int = 2 << 30,
+                 direct_bytes: int = 64 << 20,
                  ledger_poll_s: float = 1.0, timeout_s: float = 10.0, max_backoff_s: float = 30.0) -> None:
         self.target = target
         self.topology = topology
@@ -79,6 +85,15 @@ class InfluxSink:
         self.spool = Spool(spool_dir)
         self.ledger_path = ledger_path
         self.batch_lines, self.queue_bytes, self.spool_bytes = batch_lines, queue_bytes, spool_bytes
+        self.direct_bytes = direct_bytes
+        #: batches built and not yet on disk or accepted, in order; `_route` guards it, the
+        #: mode, and every append, so a batch is in memory or in the spool, never both
+        self._direct: deque[Record] = deque()
+        self._direct_size = 0
+        self._in_flight = 0
+        self._route = threading.Condition()
+        self._spooling = self.spool.next_after(self.spool.cursor) is not None
+        self.marks = dict(self.spool.marks)  #: what has been taken, memory and spool together
         self.ledger_poll_s, self.max_backoff_s = ledger_poll_s, max_backoff_s
         self.writer = Writer(target, timeout_s)
         self._queue: deque[tuple[int, np.ndarray]] = deque()
@@ -89,7 +104,7 @@ class InfluxSink:
         self._stop_appending = threading.Event()
         self._stop_sending = threading.Event()
         self._busy = False
-        self.last_enqueued = self.spool.marks.get("readings_through", -1)
+        self.last_enqueued = self.marks.get("readings_through", -1)
         self.sent_lines = self.sent_batches = self.dropped_lines = self.rejected_lines = self.retries = 0
         self.replayed_intervals = 0
         self.state = "idle"
@@ -181,14 +196,14 @@ class InfluxSink:
         return True
 
     def _marks(self, **update: int) -> dict[str, int]:
-        marks = dict(self.spool.marks)
+        marks = dict(self.marks)
         marks.update(update)
         return marks
 
     def _spool_rows(self, items: list[tuple[int, np.ndarray]]) -> None:
         parts: list[bytes] = []
         count = 0
-        through = self.spool.marks.get("readings_through", -1)
+        through = self.marks.get("readings_through", -1)
         for start_utc, row in items:
             text, n = self.lines.build_bytes(start_utc, row)
             through = start_utc
@@ -198,23 +213,30 @@ class InfluxSink:
             if count >= self.batch_lines:
                 self._append_text(parts, count, self._marks(readings_through=through))
                 parts, count = [], 0
-        if parts or through != self.spool.marks.get("readings_through", -1):
+        if parts or through != self.marks.get("readings_through", -1):
             self._append_text(parts, count, self._marks(readings_through=through))
 
     def _append_text(self, parts: list[bytes], count: int, marks: dict[str, int]) -> None:
-        """Append one record and wake the sender: it may post this record while the next
-        is being built."""
+        """Hand one batch to the sender, in memory or through the spool, and wake it: it
+        may post this batch while the next is being built."""
         body = b"\n".join(parts)
-        if self._room(count, len(body)):
-            self.spool.append(body, count, marks, sync=False)
-        else:
-            self.spool.append(b"", 0, marks, sync=False)  # the marks still move: a replay must not resend
+        with self._route:
+            while not self._spooling and self._direct and self._direct_size + len(body) > self.direct_bytes:
+                self._route.wait(0.1)  # the sender sends or spills: memory stays bounded
+            self.marks = marks
+            if not self._spooling:
+                self._direct.append(Record(-1, -1, -1, count, marks, body))
+                self._direct_size += len(body)
+            elif self._room(count, len(body)):
+                self.spool.append(body, count, marks, sync=False)
+            else:
+                self.spool.append(b"", 0, marks, sync=False)  # the marks still move: a replay must not resend
         self._appended.set()
 
     def _spool_ledger(self, db: sqlite3.Connection) -> None:
         site = self.topology.site
         while True:
-            after = self.spool.marks.get("ledger_through", 0)
+            after = self.marks.get("ledger_through", 0)
             rows = db.execute("SELECT id, at, kind, debit, credit, amount, ref FROM transfers WHERE id > ?"
                               " ORDER BY id LIMIT ?", (after, max(self.batch_lines // 2, 1))).fetchall()
             if not rows:
@@ -246,25 +268,64 @@ class InfluxSink:
                 self._error(f"sender: {type(err).__name__}: {err}")
                 self._stop_sending.wait(self.max_backoff_s)
 
+    def _spill(self, first: list[Record]) -> None:
+        """Move `first` and every batch in memory, in order, to the spool (under `_route`)."""
+        for record in first + list(self._direct):
+            self.spool.append(record.body, record.lines, record.marks, sync=False)
+        self._direct.clear()
+        self._direct_size = 0
+        self.spool.sync()
+        self._spooling = True
+        self._route.notify_all()
+
+    def _take(self) -> tuple[list[Record], bool]:
+        """The next batch, and whether it comes from the spool (False: from memory)."""
+        with self._route:
+            if self._spooling and self.spool.next_after(self.spool.cursor) is None:
+                self._spooling = False  # the spool is drained: back to memory
+            if not self._spooling and self._direct_size > self.direct_bytes // 2:
+                self._spill([])  # the server is slow: keep the backlog on disk, not in memory
+            if self._spooling:
+                return self._next_batch(), True
+            batch: list[Record] = []
+            lines = 0
+            while self._direct and lines < self.batch_lines:
+                record = self._direct.popleft()
+                self._direct_size -= len(record.body)
+                batch.append(record)
+                lines += record.lines
+            self._in_flight = lines
+            self._route.notify_all()
+            return batch, False
+
     def _send_next(self, attempt: int) -> int:
         """Post the oldest unsent batch once; the retry count to go on with."""
-        batch = self._next_batch()
+        batch, spooled = self._take()
         if not batch:
             self.state = "idle"
             self._appended.wait(timeout=0.5)
             self._appended.clear()
             return attempt
         lines = sum(r.lines for r in batch)
-        nbytes = sum(r.end - r.offset for r in batch)
+        nbytes = sum(r.end - r.offset for r in batch) if spooled else 0
         last = batch[-1]
         body = b"\n".join(r.body for r in batch if r.body)
         try:
             if body:
                 self.state = "sending" if attempt == 0 else "retrying"
-                self.writer.post(body)
+                try:
+                    self.writer.post(body)
+                except SendError:
+                    raise
+                except Exception as err:  # never lose a batch held only in memory
+                    raise SendError(f"{type(err).__name__}: {err}", None, True) from err
         except SendError as err:
             self._error(str(err))
             if err.retry:
+                if not spooled:
+                    with self._route:
+                        self._spill(batch)
+                        self._in_flight = 0
                 self.retries += 1
                 self.state = "retrying"
                 self._stop_sending.wait(backoff_s(attempt + 1, most_s=self.max_backoff_s))
@@ -272,7 +333,11 @@ class InfluxSink:
             self._reject(batch, body, err)
             self.rejected_lines += lines
             body = b""  # kept aside, not sent
-        self.spool.ack(last.segment, last.end, lines, nbytes, last.marks)
+        if spooled:
+            self.spool.ack(last.segment, last.end, lines, nbytes, last.marks)
+        else:
+            self.spool.ack(*self.spool.cursor, 0, 0, last.marks)  # the marks move; the cursor stays
+            self._in_flight = 0
         if body:
             self.sent_lines += lines
             self.sent_batches += 1
@@ -283,7 +348,7 @@ class InfluxSink:
         """A batch the server refuses for good goes to rejected/ beside the spool, never lost."""
         folder = self.spool.directory / "rejected"
         folder.mkdir(exist_ok=True)
-        name = f"{batch[0].segment:012d}-{batch[0].offset:012d}"
+        name = f"{time.time_ns()}-{batch[0].segment}-{batch[0].offset}"
         (folder / f"{name}.lp").write_bytes(body)
         (folder / f"{name}.error").write_text(f"{err}\n")
 
@@ -299,38 +364,51 @@ class InfluxSink:
         while time.monotonic() < deadline:
             with self._cond:
                 idle = not self._queue and not self._busy and not self._poll_now.is_set()
-            if idle and self.spool.unsent_lines == 0 and self.spool.next_after(self.spool.cursor) is None:
+            if idle and self._unsent() == 0:
                 return True
             time.sleep(0.02)
         return False
 
+    def _unsent(self) -> int:
+        """Batches not yet accepted: in memory, in flight, or in the spool (records with no
+        lines, which only move the marks, count as one)."""
+        with self._route:
+            pending = len(self._direct) + (1 if self._in_flight else 0)
+            return pending + self.spool.unsent_lines + (self.spool.next_after(self.spool.cursor) is not None)
+
     def close(self, drain_s: float = 5.0) -> None:
-        """Spool everything queued, keep sending for up to `drain_s` seconds, then stop;
-        whatever is left stays in the spool for the next start."""
+        """Take everything queued, keep sending for up to `drain_s` seconds, then stop;
+        whatever is left goes to the spool for the next start."""
         self._stop_appending.set()
         with self._cond:
             self._cond.notify_all()
         self._threads[0].join()
         deadline = time.monotonic() + drain_s
-        while time.monotonic() < deadline and self.spool.next_after(self.spool.cursor) is not None:
+        while time.monotonic() < deadline and self._unsent():
             time.sleep(0.02)
         self._stop_sending.set()
         self._appended.set()
+        with self._route:
+            self._route.notify_all()
         self._threads[1].join()
+        with self._route:
+            if self._direct:
+                self._spill([])  # a clean stop loses nothing held in memory
         self.state = "stopped"
         self.spool.close()
         self.writer.close()
 
     def status(self) -> dict[str, object]:
         """What /api/health shows of the sink."""
-        through = self.spool.marks.get("readings_through")
+        through = self.marks.get("readings_through")
         ahead = None if through is None else through + self.topology.interval_s - time.time()
         status: dict[str, object] = {
             "url": self.target.url, "bucket": self.target.bucket, "state": self.state,
             "sent": self.sent_lines, "batches": self.sent_batches, "spooled": self.spool.unsent_lines,
-            "spool_bytes": self.spool.unsent_bytes, "queued_intervals": len(self._queue),
+            "spool_bytes": self.spool.unsent_bytes, "in_memory": sum(r.lines for r in list(self._direct)),
+            "in_flight": self._in_flight, "queued_intervals": len(self._queue),
             "dropped": self.dropped_lines, "rejected": self.rejected_lines, "retries": self.retries,
-            "readings_through": through, "ledger_through": self.spool.marks.get("ledger_through"),
+            "readings_through": through, "ledger_through": self.marks.get("ledger_through"),
             "last_sent_at": self.last_sent_at, "last_error": self.last_error, "last_error_at": self.last_error_at,
         }
         if ahead is not None and ahead > FUTURE_LIMIT_S:

@@ -250,6 +250,7 @@ class Spool:
         _fsync_dir(self.directory)
         old = self.cursor[0]
         with self._lock:
+            self._merge(marks)
             self.cursor = (segment, end)
             self.unsent_lines -= lines
             self.unsent_bytes -= nbytes

@@ -380,6 +380,9 @@ def test_server_stopped_midway_then_back(tmp_path):
         server.start()
         assert sink.flush(60), sink.status()
         check_readings(server, "S-stop", expected_readings(topo, T0, rows))
+        assert sink.status()["spooled"] == 0
+        sink.add_interval(T0 + 96 * 900, rows[0])  # the spool drained: batches go through memory again
+        assert sink.flush(30) and not sink._spooling and sink.spool.unsent_lines == 0
     finally:
         sink.close()
         server.stop()
@@ -667,3 +670,51 @@ def test_a_server_that_never_answers_holds_nothing_up(tmp_path):
     finally:
         sink.close(drain_s=0)
         listener.close()
+
+
+HOLDER = """
+import socket, sys, time
+from pathlib import Path
+import numpy as np
+from control.influx import InfluxSink, Target
+from tests.control.test_influx import T0, make_rows, tricky_topology
+listener = socket.socket()
+listener.bind(("127.0.0.1", 0))
+listener.listen(8)  # takes the connection, never answers: batches wait in memory
+topo = tricky_topology("S-crash", 10)
+rows = make_rows(topo, 48, seed=8)
+sink = InfluxSink(Target(f"http://127.0.0.1:{listener.getsockname()[1]}"), Path(sys.argv[1]), topo, timeout_s=60,
+                  batch_lines=50)
+for r in range(rows.shape[0]):
+    sink.add_interval(T0 + r * 900, rows[r])
+while sink.status()["queued_intervals"] or not sink.status()["in_flight"]:
+    time.sleep(0.01)
+print("holding", sink.status()["in_memory"] + sink.status()["in_flight"], flush=True)
+time.sleep(120)
+"""
+
+
+def test_batches_only_in_memory_at_a_crash_are_produced_again(vm, tmp_path):
+    """A process killed while its batches wait in memory (the server never answered) leaves
+    marks that do not cover them, so the platform's replay after the restart is taken, not
+    skipped, and everything arrives once."""
+    child = subprocess.Popen([sys.executable, "-c", HOLDER, str(tmp_path / "spool")], cwd=ROOT,
+                             stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        held = child.stdout.readline().decode().split()
+        assert held[0] == "holding" and int(held[1]) > 0
+        child.send_signal(signal.SIGKILL)
+        child.wait(timeout=30)
+    finally:
+        if child.poll() is None:
+            child.kill()
+        child.stdout.close()
+    topo = tricky_topology("S-crash", 10)
+    rows = make_rows(topo, 48, seed=8)
+    again = InfluxSink(Target(vm.url), tmp_path / "spool", topo)
+    for r in range(rows.shape[0]):  # the replay
+        again.add_interval(T0 + r * 900, rows[r])
+    assert again.replayed_intervals == 0  # nothing was accepted or spooled: all of it is taken again
+    assert again.flush(60)
+    again.close()
+    check_readings(vm, "S-crash", expected_readings(topo, T0, rows))
