@@ -126,16 +126,21 @@ class LiveDetector:
         if view is None or view.n_days == 0:
             return
         started = time.perf_counter()
-        scores = dict(anomaly_scores(view))
+        for kind, day_scores in anomaly_scores(view).items():
+            if kind not in LEFT_TO_RUNTIME:
+                self.apply(view, day_scores, now)
         try:
             from twin.theft import theft_scores
         except ImportError:  # theft detection not installed
             pass
         else:
-            scores.update(theft_scores(view))
-        for kind, day_scores in scores.items():
-            if kind not in LEFT_TO_RUNTIME:
-                self.apply(view, day_scores, now)
+            try:
+                thefts = theft_scores(view)
+            except Exception:  # logged; the anomaly alarms above stand
+                log.exception("theft detection failed on %d days of history", view.n_days)
+            else:
+                for day_scores in thefts.values():
+                    self.apply(view, day_scores, now)
         self.runs += 1
         self.seconds += time.perf_counter() - started
 

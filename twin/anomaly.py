@@ -242,8 +242,11 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     night_min = np.zeros((n_cols, n_days), dtype=np.float32)
     night_n = np.zeros((n_cols, n_days), dtype=np.int32)
     if n_cols and n_days:
-        k.day_features(matrix, cal.day_bounds, night[cal.slot], ptr, span_lo, span_hi, missing, silent, zero_run,
-                       negative, rate_max, total, night_min, night_n)
+        night_of = night[cal.slot]
+        night_idx = np.flatnonzero(night_of).astype(np.int64)
+        night_ptr = np.searchsorted(night_idx, cal.day_bounds).astype(np.int64)
+        k.day_features(matrix, cal.day_bounds, night_of, night_ptr, night_idx, water, ptr, span_lo, span_hi, missing,
+                       silent, zero_run, negative, rate_max, total, night_min, night_n)
     present = np.diff(cal.day_bounds)[None, :] - missing  # readings per day
     has_data = present > 0
     out: dict[str, DayScores] = {}
@@ -367,9 +370,12 @@ def _presence(view: DetectView, total: np.ndarray, clean: np.ndarray,
     presence_days of them at least) and the day is clean (the household is at home); and,
     per column, the electric meter of its room (-1)."""
     elec_of = column_index(view.topology).electric_of
-    usual = _row_quantile(np.where(clean, total, np.nan), 0.75)
-    usual[clean.sum(axis=1) < p.presence_days] = np.inf  # too short a record to tell
-    home = clean & (total >= p.presence_share * np.nan_to_num(usual, nan=np.inf)[:, None])
+    rows = np.unique(elec_of[elec_of >= 0])  # only the electric meters beside a water meter
+    home = np.zeros(total.shape, dtype=np.bool_)
+    if rows.size:
+        usual = _row_quantile(np.where(clean[rows], total[rows], np.nan), 0.75)
+        usual[clean[rows].sum(axis=1) < p.presence_days] = np.inf  # too short a record to tell
+        home[rows] = clean[rows] & (total[rows] >= p.presence_share * np.nan_to_num(usual, nan=np.inf)[:, None])
     return home, elec_of
 
 

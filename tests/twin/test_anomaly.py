@@ -116,9 +116,15 @@ def test_day_features_matches_a_plain_reference():
            "zero": np.zeros(shape, np.int32), "negative": np.zeros(shape, np.float32),
            "rate": np.zeros(shape, np.float32), "total": np.zeros(shape, np.float64),
            "night": np.zeros(shape, np.float32), "night_n": np.zeros(shape, np.int32)}
-    k.day_features(m, bounds, night_slot[slot], ptr, lo, hi, got["missing"], got["silent"], got["zero"],
-                   got["negative"], got["rate"], got["total"], got["night"], got["night_n"])
+    night = night_slot[slot]
+    night_idx = np.flatnonzero(night).astype(np.int64)
+    night_ptr = np.searchsorted(night_idx, bounds).astype(np.int64)
+    want_night = np.arange(7) != 3  # twin 3 needs no night figures
+    k.day_features(m, bounds, night, night_ptr, night_idx, want_night, ptr, lo, hi, got["missing"], got["silent"],
+                   got["zero"], got["negative"], got["rate"], got["total"], got["night"], got["night_n"])
     ref = _ref_day_features(m, bounds, night_slot, slot, spans)
+    ref["night"][3] = np.nan
+    ref["night_n"][3] = 0
     for name in got:
         np.testing.assert_allclose(got[name], ref[name], rtol=1e-5, atol=1e-6, err_msg=name)
     assert got["zero"][5].max() == 0  # a twin cut for the whole window is never stuck

@@ -48,27 +48,20 @@ def _sorted_median(buf: np.ndarray, n: int) -> float:
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _quiet_day(row: np.ndarray, lo: int, hi: int, night: np.ndarray) -> tuple:  # type: ignore[type-arg]
-    """One branch-free pass over a day: (sum, missing, smallest, largest, night minimum,
-    night readings)."""
-    inf = np.float32(np.inf)
+def _quiet_day(row: np.ndarray, lo: int, hi: int) -> tuple:  # type: ignore[type-arg]
+    """One branch-free pass over a day: (sum, missing, smallest, largest)."""
     acc = 0.0
     miss = 0
-    low = inf
-    high = -inf
-    night_low = inf
-    n_night = 0
-    for i in range(lo, hi):
+    low = np.float32(np.inf)
+    high = np.float32(-np.inf)
+    for i in range(lo, hi):  # min/max as below vectorise; `v if v < low else low` did not (2x slower)
         v = row[i]
         ok = v == v
         acc += np.float64(v) if ok else 0.0
         miss += 0 if ok else 1
-        low = v if ok and v < low else low
-        high = v if ok and v > high else high
-        dark = night[i] and ok
-        night_low = v if dark and v < night_low else night_low
-        n_night += 1 if dark else 0
-    return acc, miss, low, high, night_low, n_night
+        low = min(low, v) if ok else low
+        high = max(high, v) if ok else high
+    return acc, miss, low, high
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -90,6 +83,9 @@ def day_features(
     matrix: np.ndarray,  # float32 [twins, intervals], NaN missing
     day_bounds: np.ndarray,  # int64 [days + 1]
     night: np.ndarray,  # bool [intervals]: the interval lies in the night window
+    night_ptr: np.ndarray,  # int64 [days + 1]: day d's night intervals are night_idx[night_ptr[d]:night_ptr[d + 1]]
+    night_idx: np.ndarray,  # int64 [night intervals]: the same, as indices
+    want_night: np.ndarray,  # bool [twins]: compute the night figures (NaN and 0 otherwise)
     span_ptr: np.ndarray,  # int64 [twins + 1]: twin c's excused spans are span_ptr[c]:span_ptr[c + 1]
     span_lo: np.ndarray,  # int64 [spans]: first interval of a span (supply cut: zeros are expected)
     span_hi: np.ndarray,  # int64 [spans]: first interval after it; spans of a twin sorted, disjoint
@@ -122,10 +118,17 @@ def day_features(
         zeros = 0
         j = span_ptr[c]
         j_end = span_ptr[c + 1]
+        dark = want_night[c]
         for d in range(n_days):
             lo, hi = day_bounds[d], day_bounds[d + 1]
-            acc, miss, low, high, night_low, n_night = _quiet_day(row, lo, hi, night)
+            acc, miss, low, high = _quiet_day(row, lo, hi)
             if miss == 0 and nan_run == 0 and j_end == span_ptr[c]:
+                night_low = np.float32(np.inf)
+                n_night = 0
+                if dark:
+                    for k in range(night_ptr[d], night_ptr[d + 1]):
+                        night_low = min(night_low, row[night_idx[k]])
+                        n_night += 1
                 if low > 0:
                     zeros = 0
                     zero_run[c, d] = 0
@@ -147,7 +150,7 @@ def day_features(
             neg = 0.0
             peak = np.nan
             acc = 0.0
-            night_low = np.nan
+            night_exact = np.nan
             n_night = 0
             for i in range(lo, hi):
                 while j < j_end and span_hi[j] <= i:
@@ -164,10 +167,10 @@ def day_features(
                 rate = v if nan_run == 0 else v / (nan_run + 1)
                 if not rate <= peak:  # NaN peak: first reading
                     peak = rate
-                if night[i] and nan_run == 0:
+                if dark and night[i] and nan_run == 0:
                     n_night += 1
-                    if not v >= night_low:
-                        night_low = v
+                    if not v >= night_exact:
+                        night_exact = v
                 nan_run = 0
                 acc += v
                 if v < 0:
@@ -187,7 +190,7 @@ def day_features(
             negative[c, d] = neg
             rate_max[c, d] = peak
             total[c, d] = acc
-            night_min[c, d] = night_low
+            night_min[c, d] = night_exact
             night_n[c, d] = n_night
 
 
