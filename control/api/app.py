@@ -15,6 +15,7 @@ from control.api import (
     alarms,
     commands,
     consumption,
+    cost,
     energy,
     errors,
     history,
@@ -40,8 +41,8 @@ def create_app(platform: Platform) -> FastAPI:
                   description="Twins with live state, commands, alarms and access. Authenticate with "
                               "`Authorization: Bearer mt_...` (an API key) or HTTP Basic (a user).")
     app.state.platform = platform
-    for module in (site, overview, twins, history, accounts, commands, alarms, tasks, tariffs, energy, consumption,
-                   simulation, keys):
+    for module in (site, overview, twins, history, cost, accounts, commands, alarms, tasks, tariffs, energy,
+                   consumption, simulation, keys):
         app.include_router(module.router)
     errors.install(app)
 

@@ -70,6 +70,7 @@ ROLES: dict[tuple[str, str], str] = {
         "/api/site", "/api/site/history", "/api/overview", "/api/buildings", "/api/buildings/{building_id}",
         "/api/buildings/{building_id}/history",
         "/api/rooms", "/api/rooms/{room_id}", "/api/twins", "/api/twins/{twin_id}", "/api/twins/{twin_id}/history",
+        "/api/twins/{twin_id}/day",
         "/api/accounts", "/api/accounts/{account_id}", "/api/accounts/{account_id}/access", "/api/arrears",
         "/api/commands", "/api/commands/{command_id}", "/api/alarms", "/api/alarms/{alarm_id}", "/api/tasks",
         "/api/tasks/{task_id}", "/api/tariffs", "/api/tariffs/{name}", "/api/fee-items", "/api/reports/energy",

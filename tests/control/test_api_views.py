@@ -229,3 +229,34 @@ def test_consumption_by_day_beside_last_year(platform):
     assert march["missing"] == (31 - 2) * 96 * len(subs)
     assert text.headers["content-type"].startswith("text/csv") and text.text.count("\n") == 3
     assert bad.status_code == 400 and "before start" in bad.json()["detail"]
+
+
+def test_a_meters_day_by_band(platform):
+    """A meter's day splits its readings at the band edges (peak 08-22 local at 94 fen,
+    valley at 31), the total rounded once; an untariffed water meter has no money."""
+    history = open_history(platform.data / "history")
+    t0 = int(datetime(2026, 3, 3, tzinfo=platform.world.tz).timestamp())
+    raw = history.read(t0, t0 + 86400, ["B01-01-01.em"])[0].astype(np.float64)
+    peak, valley = raw[32:88].sum(), raw[:32].sum() + raw[88:].sum()
+    day, water, valve = (r.json() for r in ask(
+        platform, Role.VIEWER, ("GET", "/api/twins/B01-01-01.em/day?day=2026-03-03", None),
+        ("GET", "/api/twins/B01-01-01.wm/day?day=2026-03-03", None), ("GET", "/api/twins/B01-01-01.vl/day", None)))
+    bands = {b["name"]: b for b in day["bands"]}
+    np.testing.assert_allclose([bands["peak"]["units"], bands["valley"]["units"]], [peak, valley], rtol=1e-6)
+    np.testing.assert_allclose([bands["peak"]["fen"], bands["valley"]["fen"]], [94 * peak, 31 * valley], rtol=1e-6)
+    assert day["fen"] == int(np.floor(94 * peak + 31 * valley + 0.5)) and day["surcharge_fen"] == 0
+    assert day["missing"] == 0 and day["until"].startswith("2026-03-04T00:00")
+    assert water["tariff"] is None and water["fen"] is None and water["units"] > 0
+    assert "keeps no interval history" in valve["detail"]
+
+
+def test_tier_surcharges_split_an_interval_at_a_threshold():
+    """Use that crosses a threshold inside an interval pays each tier's surcharge on its
+    own part: from 150 with tiers at 180 and 300 (surcharges 0, 5, 30), 100 then 100 pay
+    70 x 5, then 50 x 5 + 50 x 30."""
+    from control.api.cost import _surcharges
+
+    thresholds = np.array([180.0, 300.0, np.inf, np.inf, np.inf])
+    surcharges = np.array([0.0, 5.0, 30.0, 30.0, 30.0, 30.0])
+    assert _surcharges(np.array([100.0, 100.0]), 150.0, thresholds, surcharges) == 70 * 5 + 50 * 5 + 50 * 30
+    assert _surcharges(np.array([10.0]), 0.0, thresholds, surcharges) == 0.0
