@@ -54,7 +54,7 @@ from scenarios.loader import load_scenario
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_GATEWAY = 200  #: units a gateway
-CONNECTIONS = 4  #: TCP connections a gateway, collector and raw client alike
+CONNECTIONS = 4  #: TCP connections a gateway, collector and raw client alike (as `metertwin run` polls)
 FAULT_SHARE = 0.1  #: share of the units injected with no_answer
 BUS_UNITS, BAUD = 32, 9600  #: the RS-485 bus
 TIMEOUT_S, RETRIES, OFFLINE_AFTER = 1.0, 2, 2  #: as `metertwin run` polls
