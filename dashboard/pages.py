@@ -460,7 +460,8 @@ def tasks_layout(board: Dashboard, role: Role) -> Any:
     if role >= Role.OPERATOR:
         children.append(html.Div(className="panel form", children=[
             html.H3("New task"),
-            html.Label(["Name ", dcc.Input(id="task-name", value="", placeholder="close B01 floor 3 valves")]),
+            html.Label(["Name ", dcc.Input(id="task-name", value="", placeholder="close B01 floor 3 valves",
+                                           style={"width": "16em"})]),
             html.Label(["Action ", dcc.Dropdown(id="task-action", value="relay_open", clearable=False,
                                                options=list(OPERATOR_ACTIONS),
                                                style={"width": "12em", "display": "inline-block"})]),
@@ -471,7 +472,8 @@ def tasks_layout(board: Dashboard, role: Role) -> Any:
                                            style={"width": "5em"})]),
             html.Label(["Twins ", dcc.Input(id="task-twins", placeholder="ids, comma separated (optional)",
                                            style={"width": "18em"})]),
-            html.Label(["Run at ", dcc.Input(id="task-at", placeholder="now, or 2026-03-02T23:00")]),
+            html.Label(["Run at ", dcc.Input(id="task-at", placeholder="now, or 2026-03-02T23:00",
+                                            style={"width": "14em"})]),
             html.Label(["Repeat every ", dcc.Input(id="task-repeat", type="number", min=1, placeholder="—",
                                                   style={"width": "5em"}), " minutes"]),
             html.Button("Create task", id="task-create")]))

@@ -155,7 +155,7 @@ def sign_in(driver, platform: Platform, name: str, password: str) -> None:
     wait_text(driver, "who", f"{name} (")
 
 
-def wait_for(driver, condition, what: str, bound_s: float = 90.0):
+def wait_for(driver, condition, what: str, bound_s: float = 180.0):
     """Poll the page until `condition(driver)` is truthy; returns its value."""
     from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 

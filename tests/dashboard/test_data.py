@@ -127,3 +127,58 @@ def test_downsample_keeps_short_series_and_caps_long_ones():
     assert data.downsample(t, v)[1] is v
     t2, v2 = data.downsample(np.arange(10_000), np.ones(10_000), limit=1000)
     assert len(t2) == 1000 and np.all(v2 == 1.0)
+
+
+def _callback_body(client, prefix: str, inputs: list[dict], state: list[dict]) -> dict:
+    deps = client.get("/_dash-dependencies").get_json()
+    dep = next(d for d in deps if d["output"].startswith(prefix))
+    outputs = [{"id": o.split(".")[0], "property": o.split(".")[1].split("@")[0]}
+               for o in dep["output"].strip(".").split("...")]
+    return {"output": dep["output"], "outputs": outputs if len(outputs) > 1 else outputs[0], "inputs": inputs,
+            "state": state,
+            "changedPropIds": [f"{inputs[0]['id']}.{inputs[0]['property']}"]}
+
+
+@pytest.mark.parametrize("guard", [True, False], ids=["with the sign-in guard", "callbacks alone"])
+def test_every_control_callback_refuses_a_viewer(platform, guard):
+    """Each callback that acts answers 403 to a viewer's session and changes nothing, even
+    with the sign-in guard taken away (the role is checked inside the callback too)."""
+    from dashboard.app import create_dash
+
+    app, _ = create_dash(platform)
+    if not guard:
+        app.server.before_request_funcs.clear()
+    client = app.server.test_client()
+    with client.session_transaction() as session:
+        session["user"], session["role"] = "victor", 1
+    alarm, _ = platform.alarms.raise_("command_failed", twin="B01-02-01.em" if guard else "B01-02-02.em",
+                                      at=platform.now())
+    bodies = [
+        _callback_body(client, "..control-result.children", [{"id": "btn-confirm", "property": "n_clicks", "value": 1}],
+                       [{"id": "pending-action", "property": "data", "value": {"action": "relay_open"}},
+                        {"id": "twin-id", "property": "data", "value": "B01-01-01.em"}]),
+        _callback_body(client, "alarm-ack-result.children",
+                       [{"id": {"type": "ack", "alarm": alarm.id}, "property": "n_clicks", "value": 1}], []),
+        _callback_body(client, "..task-create-result.children", [{"id": "task-create", "property": "n_clicks",
+                                                                  "value": 1}],
+                       [{"id": i, "property": "value", "value": v} for i, v in (
+                           ("task-name", "t"), ("task-action", "relay_open"), ("task-building", "B01"),
+                           ("task-floor", 1), ("task-twins", ""), ("task-at", ""), ("task-repeat", None))]),
+        _callback_body(client, "sim-result.children", [{"id": "sim-inject", "property": "n_clicks", "value": 1},
+                                                       {"id": "sim-set-speed", "property": "n_clicks", "value": None}],
+                       [{"id": i, "property": "value", "value": v} for i, v in (
+                           ("sim-twin", "B01-01-01.em"), ("sim-kind", "h1"), ("sim-hours", 1), ("sim-speed-in", 5))]),
+    ]
+    bodies[1]["inputs"] = [[bodies[1]["inputs"][0]]]  # a pattern-matching input comes as a list
+    bodies[1]["changedPropIds"] = [f'{{"alarm":{alarm.id},"type":"ack"}}.n_clicks']
+    injections = len(platform.world.injections)
+    for body in bodies:
+        answer = client.post("/_dash-update-component", json=body)
+        assert answer.status_code == 403, (body["output"], answer.status_code, answer.get_data(as_text=True)[:300])
+    assert platform.commands.recent(10, "B01-01-01.em") == []
+    assert platform.alarms.get(alarm.id).state.value == "raised"
+    assert platform.batch.list() == [] and len(platform.world.injections) == injections
+    with client.session_transaction() as session:  # the same request from an operator is carried out
+        session["user"], session["role"] = "olga", 2
+    assert client.post("/_dash-update-component", json=bodies[1]).status_code == 200
+    assert platform.alarms.get(alarm.id).state.value == "acknowledged"
