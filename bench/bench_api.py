@@ -66,7 +66,8 @@ def free_port() -> int:
 def start_platform(data: Path) -> tuple[subprocess.Popen[bytes], str]:
     """Five weeks of history by `metertwin simulate`, then `metertwin run` on from its end."""
     subprocess.run([sys.executable, "-m", "control.cli", "simulate", SCENARIO, "--days", str(HISTORY_DAYS),
-                    "--start", HISTORY_START, "--out", str(data / "history"), "--quiet"], cwd=ROOT, check=True)
+                    "--start", HISTORY_START, "--out", str(data / "history"), "--quiet"], cwd=ROOT, check=True,
+                   stdout=subprocess.DEVNULL)
     helptext = subprocess.run([sys.executable, "-m", "control.cli", "run", "--help"], cwd=ROOT, capture_output=True,
                               text=True, check=True).stdout
     extra = [flag for flag in ("--no-modbus", "--no-opcua") if flag in helptext]

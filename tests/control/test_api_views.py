@@ -6,7 +6,7 @@ scenario, and the clock's speed."""
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import UTC, datetime
 
 import httpx
 import numpy as np
@@ -260,3 +260,29 @@ def test_tier_surcharges_split_an_interval_at_a_threshold():
     surcharges = np.array([0.0, 5.0, 30.0, 30.0, 30.0, 30.0])
     assert _surcharges(np.array([100.0, 100.0]), 150.0, thresholds, surcharges) == 70 * 5 + 50 * 5 + 50 * 30
     assert _surcharges(np.array([10.0]), 0.0, thresholds, surcharges) == 0.0
+
+
+def test_history_sums_across_raw_and_rolled_up_months(tmp_path):
+    """A 5-minute history whose January is kept only as roll-ups: a January range asked at
+    5-minute detail widens to 15-minute buckets (the finest level kept) with the same sums;
+    a range across the roll-up and the raw February sums both, missing readings counted."""
+    from control.api.history import bucket_sums
+    from twin.history import Column, HistoryWriter, Topology
+
+    topology = Topology("R1", "UTC", 300, [Column("a.em", "electric_meter", "electric", "kWh"),
+                                           Column("b.em", "electric_meter", "electric", "kWh")])
+    jan, feb = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp()), int(datetime(2026, 2, 1, tzinfo=UTC).timestamp())
+    rows = (feb - jan) // 300 + 10 * 288
+    block = np.tile(np.array([[1.0, 2.0]], dtype=np.float32), (rows, 1))
+    block[12:24, 1] = np.nan  # an hour of b missing, 01:00 to 02:00 on 1 January
+    writer = HistoryWriter(tmp_path / "h", topology, raw_days=1)
+    writer.append(jan, block)  # a month past the raw days is rolled up as the writer goes
+    writer.roll_up(feb + 10 * 86400)
+    writer.close()
+    history = open_history(tmp_path / "h")
+    assert history.months() == ["2026-02"] and history.rolled_up_months() == ["2026-01"]
+    t0, t1, bucket_s, times, sums, missing = bucket_sums(history, [0, 1], jan + 300, jan + 3 * 3600 + 300, 1000)
+    assert (t0, t1, bucket_s) == (jan, jan + 3 * 3600 + 900, 900) and len(times) == 13
+    assert sums.sum() == 13 * 3 * 3.0 - 12 * 2.0 and missing.sum() == 12
+    t0, t1, bucket_s, times, sums, missing = bucket_sums(history, [0, 1], feb - 86400, feb + 86400, 2)
+    assert bucket_s == 86400 and sums.tolist() == [288 * 3.0, 288 * 3.0] and missing.tolist() == [0, 0]
