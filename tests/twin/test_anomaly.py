@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import re
+import warnings
 from datetime import UTC, datetime, timedelta
 from zoneinfo import ZoneInfo
 
@@ -232,6 +233,28 @@ def test_shift_ratios_match_a_plain_reference():
             r = recent / np.median(base)
             np.testing.assert_allclose([low[c, d], high[c, d]], [r.min(), r.max()], rtol=1e-6)
     assert low[1, 9] > 2.0
+
+
+def test_row_quantile_and_group_median_match_numpy():
+    """Row quantiles equal numpy.nanquantile's (linear) and group medians by day equal
+    numpy.nanmedian over the group's rows, with NaN ignored, ties and empty rows."""
+    rng = np.random.default_rng(7)
+    x = rng.integers(0, 6, size=(40, 31)).astype(np.float64)
+    x[rng.random(x.shape) < 0.2] = np.nan
+    x[3] = np.nan
+    groups = rng.integers(0, 5, 40)
+    order = np.argsort(groups, kind="stable").astype(np.int64)
+    cuts = np.searchsorted(groups[order], np.arange(6)).astype(np.int64)
+    med = np.zeros((5, 31))
+    k.group_day_median(x, order, cuts, med)
+    with warnings.catch_warnings():  # numpy warns on the all-NaN row and group-days
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for q in (0.0, 0.5, 0.75, 1.0):
+            out = np.zeros(40)
+            k.row_quantile(x, q, out)
+            np.testing.assert_allclose(out, np.nanquantile(x, q, axis=1))
+        for g in range(5):
+            np.testing.assert_allclose(med[g], np.nanmedian(x[groups == g], axis=0))
 
 
 def test_register_days_matches_a_register():

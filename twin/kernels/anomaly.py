@@ -37,14 +37,56 @@ def _sort_in_place(part: np.ndarray) -> None:
 
 
 @njit(cache=True, nogil=True)
-def _sorted_median(buf: np.ndarray, n: int) -> float:
-    """Median of buf[:n], sorting it in place (no allocation); NaN when n is 0."""
+def _select(part: np.ndarray, k: int) -> float:
+    """The k-th smallest of `part` (0-based), reordering it in place so that every value
+    after index k is at least it (quickselect; a short array is sorted instead)."""
+    n = part.shape[0]
+    if n <= 16:
+        _sort_in_place(part)
+        return float(part[k])
+    lo, hi = 0, n - 1
+    while hi > lo:
+        pivot = part[(lo + hi) // 2]
+        i, j = lo, hi
+        while i <= j:
+            while part[i] < pivot:
+                i += 1
+            while part[j] > pivot:
+                j -= 1
+            if i <= j:
+                part[i], part[j] = part[j], part[i]
+                i += 1
+                j -= 1
+        if k <= j:
+            hi = j
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return float(part[k])
+
+
+@njit(cache=True, nogil=True)
+def _quantile_in_place(part: np.ndarray, q: float) -> float:
+    """numpy's linear-interpolated quantile of `part` (no NaN), reordering it; NaN if empty."""
+    n = part.shape[0]
     if n == 0:
         return np.nan
-    part = buf[:n]
-    _sort_in_place(part)
-    h = n // 2
-    return float(part[h]) if n % 2 else 0.5 * (float(part[h - 1]) + float(part[h]))
+    pos = q * (n - 1)
+    a = int(np.floor(pos))
+    low = _select(part, a)
+    if a + 1 >= n or pos == a:
+        return low
+    high = part[a + 1]
+    for i in range(a + 2, n):  # after the select, the next order statistic is the least of the rest
+        high = min(high, part[i])
+    return low + (float(high) - low) * (pos - a)
+
+
+@njit(cache=True, nogil=True)
+def _sorted_median(buf: np.ndarray, n: int) -> float:
+    """Median of buf[:n], reordering it in place (no allocation); NaN when n is 0."""
+    return _quantile_in_place(buf[:n], 0.5)
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
@@ -214,12 +256,7 @@ def row_quantile(
         if n == 0:
             out[r] = np.nan
             continue
-        x = kept[:n]
-        _sort_in_place(x)
-        pos = q * (n - 1)
-        a = int(np.floor(pos))
-        b = min(a + 1, n - 1)
-        out[r] = x[a] + (x[b] - x[a]) * (pos - a)
+        out[r] = _quantile_in_place(kept[:n], q)
 
 
 @njit(cache=True, nogil=True, parallel=True)
