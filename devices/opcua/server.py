@@ -558,15 +558,21 @@ class TwinTreeServer:
         as_python = values[changed].tolist()
         if vtype is ua.VariantType.Boolean:
             as_python = [bool(v) for v in as_python]
+        times: dict[int, Any] = {0: None}  # many rows share a reading time: one datetime each
+        good = ua.StatusCode()
+        written_at: Any = datetime.now(UTC)
         for row, value, code, stamp in zip(changed.tolist(), as_python, status[changed].tolist(),
                                            stamps[changed].tolist(), strict=True):
-            source: Any = datetime.fromtimestamp(stamp, UTC) if stamp else None
+            source = times.get(stamp)
+            if source is None and stamp:
+                source = times[stamp] = datetime.fromtimestamp(stamp, UTC)
             if code == ua.StatusCodes.Good and value == value:  # NaN: no reading of that quantity
-                dv = ua.DataValue(ua.Variant(value, vtype), SourceTimestamp=source)
+                dv = ua.DataValue(ua.Variant(value, vtype), StatusCode=good, SourceTimestamp=source,
+                                  ServerTimestamp=written_at)
             else:
                 bad = code if code != ua.StatusCodes.Good else ua.StatusCodes.BadWaitingForInitialData
-                dv = ua.DataValue(ua.Variant(None, ua.VariantType.Null), StatusCode=ua.StatusCode(ua.UInt32(bad)),
-                                  SourceTimestamp=source)
+                dv = ua.DataValue(ua.Variant(None, ua.VariantType.Null), StatusCode=_status(bad),
+                                  SourceTimestamp=source, ServerTimestamp=written_at)
             await write(nodeids[row], value_attr, dv)
         column.last = values
         column.last_status = status
@@ -604,6 +610,12 @@ _ZERO: dict[ua.VariantType, Any] = {ua.VariantType.Double: 0.0, ua.VariantType.F
                                    ua.VariantType.Boolean: False, ua.VariantType.Int64: 0}
 _DATATYPE = {ua.VariantType.Double: ua.ObjectIds.Double, ua.VariantType.Float: ua.ObjectIds.Float,
              ua.VariantType.Boolean: ua.ObjectIds.Boolean, ua.VariantType.Int64: ua.ObjectIds.Int64}
+
+
+@functools.cache
+def _status(code: int) -> ua.StatusCode:
+    """One StatusCode object per code (they are never changed)."""
+    return ua.StatusCode(ua.UInt32(code))
 
 
 @functools.cache
