@@ -25,7 +25,7 @@ from control.commands import OPERATOR_ACTIONS, CommandError
 from control.energy_report import NoReadings, energy_report
 from control.energy_report import to_csv as energy_csv
 from control.reports import income, orders, to_csv
-from control.runtime import RecordingDevice, SimClock
+from control.runtime import RecordingDevice
 from dashboard import data
 from dashboard.session import require_operator
 from devices.sim.injections import check_target
@@ -527,7 +527,7 @@ def sim_layout(board: Dashboard, role: Role) -> Any:
     if role >= Role.OPERATOR:
         children.append(html.Div(className="panel form", children=[
             html.H3("Drive the world"),
-            html.Label(["Speed ", dcc.Input(id="sim-speed-in", type="number", min=0.1, max=100000,
+            html.Label(["Speed ", dcc.Input(id="sim-speed-in", type="number", min=0, max=1_000_000,
                                            value=platform.speed, style={"width": "10em"}), "x "]),
             html.Button("Set speed", id="sim-set-speed"), html.Br(),
             html.Label(["Inject ", dcc.Dropdown(id="sim-kind", options=list(INJECT_KINDS), value="offline",
@@ -591,15 +591,10 @@ def _inject(board: Dashboard, who: str, twin: str, kind: str, hours: float) -> s
 
 def _set_speed(board: Dashboard, speed: float) -> str:
     platform = board.platform
-    if not 0.1 <= speed <= 100000:
-        return "speed is between 0.1 and 100000"
-
-    def change() -> None:
-        platform.clock = SimClock(platform.world.now_s, speed)
-        platform.speed = speed
-
-    board.bridge.locked(change)
-    return f"speed {speed:g}x"
+    if not 0 <= speed <= 1_000_000:
+        return "speed is between 0 (held) and 1,000,000 simulated seconds per second"
+    board.bridge.locked(lambda: platform.set_speed(speed))
+    return f"speed {speed:g}x" if speed else "clock held (speed 0)"
 
 
 # -- callbacks -------------------------------------------------------------------------------
@@ -799,7 +794,9 @@ def register(app: dash.Dash, board: Dashboard) -> None:
     def sim_act(_: int | None, __: int | None, twin: str, kind: str, hours: float, speed: float) -> Any:
         who = require_operator()
         if ctx.triggered_id == "sim-set-speed":
-            text = _set_speed(board, float(speed or 0))
+            if speed is None:
+                return html.Span("enter a speed first", className="error")
+            text = _set_speed(board, float(speed))
         else:
             text = _inject(board, who, twin, kind, hours)
         return html.Span(f"{time.strftime('%H:%M:%S')} {text}")

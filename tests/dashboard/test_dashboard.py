@@ -316,7 +316,7 @@ def test_download_a_report(platform, operator):
 
 def test_task_and_injection(platform, operator):
     """A batch task trips a floor's relays and each item's outcome shows; an injected fault
-    appears on the simulation page with the alarms the detectors raise."""
+    appears on the simulation page with the alarms the detectors raise; the speed changes."""
     from selenium.webdriver.common.by import By
 
     driver = operator
@@ -341,6 +341,12 @@ def test_task_and_injection(platform, operator):
                                                     "td[3]='B01-02-02.em' and td[6]='raised']"),
              "the offline detector's alarm on the injected meter")
     shot(driver, "simulation")
+    speed = driver.find_element(By.ID, "sim-speed-in")
+    speed.clear()
+    speed.send_keys("450")
+    click(driver, "sim-set-speed")
+    wait_text(driver, "sim-result", "speed 450x")
+    assert platform.get("/api/health").json()["speed"] == 450
 
 
 def test_viewer_sees_no_control_and_forged_callbacks_are_refused(platform, tmp_path):
