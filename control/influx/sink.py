@@ -13,9 +13,11 @@ Three stages, each bounded:
    up, and every second while busy; see spool.py). Past `spool_bytes` unsent it drops and
    counts too.
 3. The sender thread posts the oldest unsent batches in order through influxdb-client.
-   The first failure, or a backlog past half of `direct_bytes`, moves every batch still in
-   memory (the one that failed first) to the spool, and the sender works from the spool,
-   retrying with backoff, until it is empty; the spool's cursor moves only after a 2xx.
+   The first failure, or a batch that has waited in memory for `spill_after_s` (the server
+   is too slow), moves every batch still in memory (the one that failed first) to the
+   spool, and the sender works from the spool, retrying with backoff, until it is empty;
+   the spool's cursor moves only after a 2xx. While memory is full and nothing has waited
+   that long, the appender waits (the tick thread's queue still takes rows).
 
 Replays: the sink remembers the last interval and the last ledger transfer the server
 accepted or the spool holds (its marks, in the spool's cursor and records), so the
@@ -77,7 +79,7 @@ class InfluxSink:
 
     def __init__(self, target: Target, spool_dir: Path, topology: Topology, *, ledger_path: Path | None = None,
                  batch_lines: int = 50_000, queue_bytes: int = 64 << 20, spool_bytes: int = 2 << 30,
-                 direct_bytes: int = 64 << 20,
+                 direct_bytes: int = 64 << 20, spill_after_s: float = 5.0,
                  ledger_poll_s: float = 1.0, timeout_s: float = 10.0, max_backoff_s: float = 30.0) -> None:
         self.target = target
         self.topology = topology
@@ -85,10 +87,11 @@ class InfluxSink:
         self.spool = Spool(spool_dir)
         self.ledger_path = ledger_path
         self.batch_lines, self.queue_bytes, self.spool_bytes = batch_lines, queue_bytes, spool_bytes
-        self.direct_bytes = direct_bytes
+        self.direct_bytes, self.spill_after_s = direct_bytes, spill_after_s
         #: batches built and not yet on disk or accepted, in order; `_route` guards it, the
         #: mode, and every append, so a batch is in memory or in the spool, never both
         self._direct: deque[Record] = deque()
+        self._direct_since: deque[float] = deque()  # when each batch in memory was built
         self._direct_size = 0
         self._in_flight = 0
         self._route = threading.Condition()
@@ -226,6 +229,7 @@ class InfluxSink:
             self.marks = marks
             if not self._spooling:
                 self._direct.append(Record(-1, -1, -1, count, marks, body))
+                self._direct_since.append(time.monotonic())
                 self._direct_size += len(body)
             elif self._room(count, len(body)):
                 self.spool.append(body, count, marks, sync=False)
@@ -273,6 +277,7 @@ class InfluxSink:
         for record in first + list(self._direct):
             self.spool.append(record.body, record.lines, record.marks, sync=False)
         self._direct.clear()
+        self._direct_since.clear()
         self._direct_size = 0
         self.spool.sync()
         self._spooling = True
@@ -283,14 +288,15 @@ class InfluxSink:
         with self._route:
             if self._spooling and self.spool.next_after(self.spool.cursor) is None:
                 self._spooling = False  # the spool is drained: back to memory
-            if not self._spooling and self._direct_size > self.direct_bytes // 2:
-                self._spill([])  # the server is slow: keep the backlog on disk, not in memory
+            if not self._spooling and self._direct and time.monotonic() - self._direct_since[0] > self.spill_after_s:
+                self._spill([])  # the server is too slow: keep the backlog on disk, not in memory
             if self._spooling:
                 return self._next_batch(), True
             batch: list[Record] = []
             lines = 0
             while self._direct and lines < self.batch_lines:
                 record = self._direct.popleft()
+                self._direct_since.popleft()
                 self._direct_size -= len(record.body)
                 batch.append(record)
                 lines += record.lines

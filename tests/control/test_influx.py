@@ -575,7 +575,7 @@ class Answering:
     script (VictoriaMetrics never refuses a batch for good, so this stands in for an
     InfluxDB that does), recording the bodies."""
 
-    def __init__(self, statuses: list[int]) -> None:
+    def __init__(self, statuses: list[int], delay_s: float = 0.0) -> None:
         import threading
         from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -586,6 +586,7 @@ class Answering:
         class Handler(BaseHTTPRequestHandler):
             def do_POST(self) -> None:  # noqa: N802 - http.server's name
                 bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                time.sleep(delay_s)
                 status = script.pop(0) if script else 204
                 self.send_response(status)
                 self.send_header("Content-Length", "2" if status != 204 else "0")
@@ -718,3 +719,25 @@ def test_batches_only_in_memory_at_a_crash_are_produced_again(vm, tmp_path):
     assert again.flush(60)
     again.close()
     check_readings(vm, "S-crash", expected_readings(topo, T0, rows))
+
+
+def test_a_slow_server_moves_the_backlog_to_disk(tmp_path):
+    """A server that answers each batch late: once a batch has waited in memory past
+    spill_after_s, the backlog goes to the spool and is sent from there, in order; every
+    line reaches the server once."""
+    server = Answering([], delay_s=0.3)
+    topo = tricky_topology("S-late", 10)
+    rows = make_rows(topo, 40, seed=9)
+    sink = InfluxSink(Target(server.url), tmp_path / "spool", topo, batch_lines=60, spill_after_s=0.2)
+    try:
+        for r in range(rows.shape[0]):
+            sink.add_interval(T0 + r * 900, rows[r])
+        assert wait_until(lambda: sink.spool.unsent_lines > 0)  # the backlog is on disk
+        assert sink.flush(60)
+    finally:
+        sink.close()
+        server.close()
+    sent = [one for body in server.bodies for one in body.decode().split("\n")]
+    assert len(sent) == len(set(sent)) == int(np.isfinite(rows).sum()) == sink.sent_lines
+    stamps = [parse_line(one)[3] for one in sent]
+    assert stamps == sorted(stamps)  # in order, memory and spool alike
