@@ -39,9 +39,12 @@ Each kind is a rule with its parameters in `AnomalyParams` (defaults below, one 
   valve was reported closed (from `valve_settle_s` after the close until it opened); alarm
   at `valve_litres`. Needs the valve events.
 - elevator_drift (elevators): energy per trip. An interval's energy is standby plus whole
-  trips, so the smallest step above the day's quietest interval is one trip's energy; the
-  score is that against the median of up to `drift_baseline_days` earlier days that were
-  not flagged, minus 1; alarm at `drift_share` (a maintenance warning).
+  trips, so the smallest step above the day's quietest interval is a whole number of
+  trips (one, at 15 minutes; maybe more in hourly readings, divided out by the baseline);
+  the score is that against the least of up to `drift_baseline_days` earlier days that
+  were not flagged, minus 1; alarm at `drift_share` (a maintenance warning). The model
+  assumes trips of equal energy, as the simulator makes them; field lifts vary by load,
+  so a real site wants a higher `drift_share`.
 - off_schedule (shared circuits): the schedule is learned from the circuit's earlier days
   (a slot of the day on in at most `off_share` of them is an off slot; on is a reading above
   `on_share` of the circuit's largest); score = hours on in off slots; alarm at
@@ -105,7 +108,7 @@ class AnomalyParams:
     valve_settle_s: float = 900.0  #: after a close, flow this long is the pipe emptying
     valve_litres: float = 2.0  #: litres through a closed valve in a day
     drift_share: float = 0.015  #: rise of energy per trip over its baseline
-    drift_baseline_days: int = 7  #: earlier unflagged days whose median is the baseline
+    drift_baseline_days: int = 7  #: earlier unflagged days whose least energy per trip is the baseline
     drift_tolerance_kwh: float = 0.002  #: steps above the standby floor smaller than this are noise
     on_share: float = 0.1  #: a circuit reading above this share of its largest is on
     off_share: float = 0.1  #: a slot on in at most this share of earlier days is off-schedule
@@ -447,13 +450,14 @@ def _drift(view: DetectView, matrix: np.ndarray, kind_of: np.ndarray, p: Anomaly
     k.trip_quanta(matrix, lifts, view.calendar.day_bounds, p.drift_tolerance_kwh, floor, quantum)
     ratio = np.zeros_like(quantum)
     base = np.zeros_like(quantum)
-    k.drift_ratios(quantum, p.drift_share, p.drift_baseline_days, ratio, base)
+    trip = np.zeros_like(quantum)
+    k.drift_ratios(quantum, p.drift_share, p.drift_baseline_days, ratio, base, trip)
     scores[lifts] = ratio - 1.0
     row = {int(c): i for i, c in enumerate(lifts)}
 
     def evidence(c: int, d: int) -> str:
         i = row[c]
-        return (f"energy per trip {quantum[i, d] * 1000:.1f} Wh against {base[i, d] * 1000:.1f} Wh before "
+        return (f"energy per trip {trip[i, d] * 1000:.1f} Wh against {base[i, d] * 1000:.1f} Wh before "
                 f"(+{(ratio[i, d] - 1) * 100:.1f}%): maintenance due")
 
     return DayScores("elevator_drift", scores, p.drift_share, evidence)

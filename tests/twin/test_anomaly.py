@@ -202,14 +202,23 @@ def test_trip_quanta_and_drift_ratios_match_references():
     np.testing.assert_allclose(quantum[0], trip, rtol=1e-4)
     ratio = np.zeros_like(quantum)
     base = np.zeros_like(quantum)
-    k.drift_ratios(quantum, 0.015, 7, ratio, base)
+    trip = np.zeros_like(quantum)
+    doubled = quantum.copy()
+    doubled[0, 2] *= 2  # a day whose smallest step is two trips
+    k.drift_ratios(doubled, 0.015, 7, ratio, base, trip)
     kept: list[float] = []
     for d in range(n_days):
-        want = quantum[0, d] / np.median(kept[-7:]) if kept else np.nan
-        np.testing.assert_allclose(ratio[0, d], want, rtol=1e-6)
+        q = float(doubled[0, d])
+        want = np.nan
+        if kept:
+            m = min(kept[-7:])
+            q /= max(1.0, np.floor(q / m + 0.5))
+            want = q / m
+        np.testing.assert_allclose([ratio[0, d], trip[0, d]], [want, q], rtol=1e-6)
         if not want >= 1.015:
-            kept.append(float(quantum[0, d]))
-    assert np.isnan(ratio[0, 0]) and ratio[0, 3] == pytest.approx(1.05, rel=1e-4)
+            kept.append(q)
+    assert np.isnan(ratio[0, 0]) and ratio[0, 2] == pytest.approx(1.0, rel=1e-4)
+    assert ratio[0, 3] == pytest.approx(1.05, rel=1e-4)
 
 
 def test_shift_ratios_match_a_plain_reference():

@@ -397,30 +397,33 @@ def trip_quanta(
 
 @njit(cache=True, nogil=True, parallel=True)
 def drift_ratios(
-    quantum: np.ndarray,  # float32 [k, days]
+    quantum: np.ndarray,  # float32 [k, days]: smallest step over the day's floor (trip_quanta)
     threshold: float,  # a ratio at or above 1 + threshold keeps the day out of the baseline
-    baseline_days: int,  # how many earlier unflagged days make the baseline (median)
-    ratio: np.ndarray,  # float32 [k, days] out: quantum / median of the baseline; NaN without one
-    base: np.ndarray,  # float32 [k, days] out: the baseline used
+    baseline_days: int,  # how many earlier unflagged days make the baseline
+    ratio: np.ndarray,  # float32 [k, days] out: energy of one trip / the baseline; NaN without one
+    base: np.ndarray,  # float32 [k, days] out: the baseline used (kWh per trip)
+    trip: np.ndarray,  # float32 [k, days] out: the day's energy of one trip
 ) -> None:
-    """Each day's trip energy against the median of up to `baseline_days` earlier days that
-    were not themselves flagged (so a slow drift cannot teach itself as normal)."""
+    """Each day's energy per trip against the baseline: the least per-trip energy of up to
+    `baseline_days` earlier days that were not themselves flagged (so a slow drift cannot
+    teach itself as normal). A day's smallest step may hold more than one trip (hourly
+    readings with no single-trip hour): it is divided by its whole number of baseline trips."""
     n_days = quantum.shape[1]
     for k in prange(quantum.shape[0]):
         kept = np.empty(n_days, dtype=np.float64)
-        window = np.empty(max(baseline_days, 1), dtype=np.float64)
         n = 0
         for d in range(n_days):
-            q = quantum[k, d]
-            if n > 0:
-                first = max(0, n - baseline_days)
-                window[:n - first] = kept[first:n]
-                m = _sorted_median(window, n - first)
+            q = float(quantum[k, d])
+            base[k, d] = np.nan
+            ratio[k, d] = np.nan
+            if n > 0 and q == q:
+                m = kept[max(0, n - baseline_days)]
+                for b in range(max(0, n - baseline_days), n):
+                    m = min(m, kept[b])
+                q /= max(1.0, np.floor(q / m + 0.5))
                 base[k, d] = m
-                ratio[k, d] = q / m if m > 0 else np.nan
-            else:
-                base[k, d] = np.nan
-                ratio[k, d] = np.nan
+                ratio[k, d] = q / m
+            trip[k, d] = q
             if q == q and not (ratio[k, d] >= 1.0 + threshold):
                 kept[n] = q
                 n += 1
