@@ -113,6 +113,10 @@ OPERATE_REQUESTS = frozenset({_T.WriteRequest_Encoding_DefaultBinary, _T.CallReq
 # HistoryUpdate, ...) is refused to everyone.
 
 
+_REQUEST_NAMES = {getattr(_T, n): n.removesuffix("Request_Encoding_DefaultBinary") for n in dir(_T)
+                  if n.endswith("Request_Encoding_DefaultBinary")}
+
+
 class Sessions:
     """Counts a user's sessions and subscriptions in the running server."""
 
@@ -187,6 +191,10 @@ class PlatformRules(PermissionRuleset):
             current_user.set(user)
         else:
             self.refused += 1
+            name = getattr(user, "name", None) or "no user"
+            request = _REQUEST_NAMES.get(action_type_id.Identifier, str(action_type_id.Identifier))
+            log.warning("OPC UA %s refused to %s on %s channel", request, name, "a secure" if self.secure else
+                        "an unsecured")
         return allowed
 
     def _allowed(self, user: Any, action_type_id: ua.NodeId) -> bool:
