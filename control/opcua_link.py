@@ -165,5 +165,9 @@ async def start_opcua(platform: Platform, port: int, anonymous: bool = False,
     DATA/opcua/, made on first start)."""
     link = PlatformLink(platform)
     server = TwinTreeServer(link, link, platform.data / "opcua", host=host, port=port, anonymous=anonymous)
-    await server.start()
+    try:
+        await server.start()
+    except OSError as err:
+        raise ValueError(f"OPC UA: cannot listen on {host}:{port} ({err.strerror or err}); "
+                         "choose another --opcua-port, or --no-opcua") from None
     return server
