@@ -37,6 +37,8 @@ router = APIRouter(tags=["history"], dependencies=[Viewer], responses=AUTH)
 MAX_SPAN_S = 20 * 366 * 86400
 #: The latest time a range may reach (2200-01-01 UTC).
 LATEST = 7258118400
+#: Readings (interval x meter) a read may cover and still run on the event loop.
+INLINE_VALUES = 20_000
 #: Floats held per slice read from disk (4 bytes each): bounds a call's memory.
 SLICE_VALUES = 4_000_000
 
@@ -78,10 +80,11 @@ def _epoch(value: datetime, platform: Platform) -> int:
     return math.floor(local.timestamp())
 
 
-def _span(history: History, platform: Platform, start: datetime | None, end: datetime | None) -> tuple[int, int]:
+def _span(history: History, platform: Platform, start: datetime | None, end: datetime | None,
+          span: Layout) -> tuple[int, int]:
     """[start, end) in UTC epoch seconds on interval boundaries; 400 when it is empty or too long."""
     step = history.interval_s
-    last = history.end or int(platform.now()) // step * step
+    last = span[1] or int(platform.now()) // step * step
     t1 = last if end is None else _epoch(end, platform)
     t0 = t1 - 86400 if start is None else _epoch(start, platform)
     t0, t1 = t0 // step * step, -(-t1 // step) * step
@@ -110,16 +113,27 @@ def _read_step(history: History, edges: np.ndarray, finest: int) -> int:
     return max(fits, default=finest)
 
 
-def _finest(history: History, t0: int, t1: int) -> int:
+Layout = tuple[int | None, int | None]
+"""(UTC start of the history's first month, end of its last interval): None when empty.
+Read once per call and handed on: each reading of it lists the history's files."""
+
+
+def layout(history: History) -> Layout:
+    """The history's span as files show it now."""
+    return _first_month_start(history), history.end
+
+
+def _finest(history: History, t0: int, t1: int, span: Layout) -> int:
     """The finest interval the history serves all of its part of [t0, t1) at."""
     step = history.interval_s
-    first, last = _first_month_start(history), history.end
+    first, last = span
     if first is None or last is None or max(t0, first) >= min(t1, last):
         return step
     return history.resolution(max(t0, first) // step * step, -(-min(t1, last) // step) * step)
 
 
-def period_sums(history: History, columns: list[int], edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def period_sums(history: History, columns: list[int], edges: np.ndarray, span: Layout | None = None,
+                finest: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(sums, missing counts) of the columns' readings in each period [edges[i],
     edges[i + 1]) (UTC epoch seconds on the interval's boundaries, ascending), read at the
     coarsest interval that fits, slice by slice of bounded size. A sum is NaN where the
@@ -128,9 +142,11 @@ def period_sums(history: History, columns: list[int], edges: np.ndarray) -> tupl
     n = len(edges) - 1
     sums = np.zeros(n, dtype=np.float64)
     present = np.zeros(n, dtype=np.int64)
-    first, last = _first_month_start(history), history.end
+    span = span or layout(history)
+    first, last = span
     if first is not None and last is not None and n > 0:
-        d = _read_step(history, edges, _finest(history, int(edges[0]), int(edges[-1])))
+        finest = finest or _finest(history, int(edges[0]), int(edges[-1]), span)
+        d = _read_step(history, edges, finest)
         r0, r1 = max(int(edges[0]), first), min(int(edges[-1]), -(-last // d) * d)
         slice_s = max(1, SLICE_VALUES // max(len(columns), 1)) * d
         t = r0
@@ -150,26 +166,27 @@ def period_sums(history: History, columns: list[int], edges: np.ndarray) -> tupl
     return sums, missing
 
 
-def bucket_sums(history: History, columns: list[int], t0: int, t1: int, points: int
+def bucket_sums(history: History, columns: list[int], t0: int, t1: int, points: int, span: Layout | None = None
                 ) -> tuple[int, int, int, np.ndarray, np.ndarray, np.ndarray]:
     """(start, end, bucket seconds, bucket starts, sums, missing counts) of the columns
     over [t0, t1) in at most `points` buckets of whole intervals. Where part of the range
     is kept only as roll-ups, the range and the buckets widen to that level's boundaries."""
     step = history.interval_s
-    finest = _finest(history, t0, t1)
+    span = span or layout(history)
+    finest = _finest(history, t0, t1, span)
     t0, t1 = t0 // finest * finest, -(-t1 // finest) * finest
     n = (t1 - t0) // step
     per = finest // step
     k = -(-max(1, -(-n // points)) // per) * per  # a bucket holds whole cells of the finest level
     bucket_s = k * step
     times = np.arange(t0, t1, bucket_s, dtype=np.int64)
-    sums, missing = period_sums(history, columns, np.append(times, t1))
+    sums, missing = period_sums(history, columns, np.append(times, t1), span, finest)
     return t0, t1, bucket_s, times, sums, missing
 
 
 def _series(history: History, platform: Platform, subject: str, utility: str, columns: list[int],
-            t0: int, t1: int, points: int) -> dict[str, Any]:
-    t0, t1, bucket_s, times, sums, missing = bucket_sums(history, columns, t0, t1, points)
+            t0: int, t1: int, points: int, span: Layout) -> dict[str, Any]:
+    t0, t1, bucket_s, times, sums, missing = bucket_sums(history, columns, t0, t1, points, span)
     tz = platform.world.tz
     return {"subject": subject, "utility": utility, "unit": UNIT_OF_UTILITY[utility], "meters": len(columns),
             "interval_s": history.interval_s, "bucket_s": bucket_s,
@@ -177,6 +194,15 @@ def _series(history: History, platform: Platform, subject: str, utility: str, co
             "end": datetime.fromtimestamp(t1, tz=tz).isoformat(),
             "times": times.tolist(), "values": [None if math.isnan(v) else v for v in sums.tolist()],
             "missing": missing.tolist()}
+
+
+async def series(history: History, platform: Platform, subject: str, utility: str, columns: list[int],
+                 t0: int, t1: int, points: int, span: Layout) -> dict[str, Any]:
+    """`_series` on the loop when it reads little (a thread's hand-over would cost more than
+    the read: a meter's day is tens of microseconds), else in a worker thread."""
+    if len(columns) * ((t1 - t0) // history.interval_s) <= INLINE_VALUES:
+        return _series(history, platform, subject, utility, columns, t0, t1, points, span)
+    return await asyncio.to_thread(_series, history, platform, subject, utility, columns, t0, t1, points, span)
 
 
 START = Query(None, description="site-local when it has no offset; default: a day before `end`",
@@ -199,10 +225,10 @@ async def twin_history(request: Request, twin_id: str, start: datetime | None = 
     if spec.kind not in METERED_KINDS:
         raise HTTPException(400, f"{twin_id!r} is a {spec.kind.value}: it keeps no interval history")
     history = reader(request)
-    t0, t1 = _span(history, platform, start, end)
+    span = layout(history)
+    t0, t1 = _span(history, platform, start, end, span)
     column = history.topology.index_of(twin_id)
-    return await asyncio.to_thread(_series, history, platform, twin_id, UTILITY_OF_KIND[spec.kind], [column],
-                                   t0, t1, points)
+    return await series(history, platform, twin_id, UTILITY_OF_KIND[spec.kind], [column], t0, t1, points, span)
 
 
 @router.get("/api/buildings/{building_id}/history", summary="A building's readings over a range, bucketed",
@@ -223,8 +249,9 @@ async def building_history(request: Request, building_id: str,
                if c.building == building_id and c.utility == utility and c.role == role]
     if not columns:
         raise HTTPException(400, f"building {building_id!r} has no {role} {utility} meter")
-    t0, t1 = _span(history, platform, start, end)
-    return await asyncio.to_thread(_series, history, platform, building_id, utility, columns, t0, t1, points)
+    span = layout(history)
+    t0, t1 = _span(history, platform, start, end, span)
+    return await series(history, platform, building_id, utility, columns, t0, t1, points, span)
 
 
 @router.get("/api/site/history", summary="The whole site's readings over a range, bucketed",
@@ -241,6 +268,6 @@ async def site_history(request: Request, utility: Literal["electric", "water"] =
     columns = [i for i, c in enumerate(history.topology.columns) if c.utility == utility and c.role == role]
     if not columns:
         raise HTTPException(400, f"this site has no {role} {utility} meter")
-    t0, t1 = _span(history, platform, start, end)
-    return await asyncio.to_thread(_series, history, platform, platform.scenario.site.id, utility, columns,
-                                   t0, t1, points)
+    span = layout(history)
+    t0, t1 = _span(history, platform, start, end, span)
+    return await series(history, platform, platform.scenario.site.id, utility, columns, t0, t1, points, span)
