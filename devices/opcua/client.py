@@ -94,9 +94,14 @@ class OpcUaSync:
     """Keeps twins in sync from OPC UA servers; also the commands' `Device` for them."""
 
     def __init__(self, fleet: FleetState, sources: list[OpcUaSource],
-                 on_change: Callable[[Change], None] | None = None) -> None:
+                 on_change: Callable[[Change], None] | None = None,
+                 on_reading: Callable[[str, dict[str, Any], float], None] | None = None) -> None:
+        """`on_change` sees every notification (good or bad); `on_reading(twin, fields, ts)`,
+        when given, takes the good values instead of a plain `fleet.report` (the platform's
+        collector seam: it also feeds counters into intervals)."""
         self.fleet = fleet
         self.on_change = on_change
+        self.on_reading = on_reading
         self.sources = {s.twin: s for s in sources}
         self.links: dict[str, _Link] = {}
         for source in sources:
@@ -202,9 +207,17 @@ class OpcUaSync:
         value = datavalue.Value.Value if good and datavalue.Value is not None else None
         self.changes += 1
         if good and value is not None:
-            self.fleet.report(target.kind, np.array([target.row]), int(at), **{target.field: value, "online": 1})
+            self._report(target.twin, target.field, value, at)
         if self.on_change is not None:
             self.on_change(Change(target.twin, target.field, value, at, good))
+
+    def _report(self, twin: str, field_name: str, value: Any, at: float) -> None:
+        value = int(value) if isinstance(value, bool) else value
+        if self.on_reading is not None:
+            self.on_reading(twin, {field_name: value}, at)
+            return
+        kind, row = self.fleet.locate(twin)
+        self.fleet.report(kind, np.array([row]), int(at), **{field_name: value, "online": 1})
 
     # -- commands ---------------------------------------------------------------------------
 
@@ -247,8 +260,8 @@ class OpcUaSync:
             datavalue = await node.read_data_value()
             shown = datavalue.Value.Value if datavalue.Value is not None else None
             if shown is not None and int(shown) == int(value):
-                kind, row = self.fleet.locate(twin)
-                self.fleet.report(kind, np.array([row]), int(time.time()), **{field_name: shown, "online": 1})
+                stamp = datavalue.SourceTimestamp or datavalue.ServerTimestamp
+                self._report(twin, field_name, shown, stamp.timestamp() if stamp is not None else time.time())
                 return True
             if time.monotonic() > end:
                 return False

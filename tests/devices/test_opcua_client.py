@@ -105,7 +105,14 @@ async def _scenario() -> None:
     scenario = load_scenario_text(SITE.replace("PORT", str(port)), "s1.toml")
     fleet = FleetState.from_site(scenario.site)
     seen: list[float] = []
-    sync = OpcUaSync(fleet, scenario.opcua,
+    readings: list[tuple[str, dict, float]] = []
+
+    def reading(twin: str, fields: dict, at: float) -> None:  # the platform's collector seam
+        readings.append((twin, fields, at))
+        kind, row = fleet.locate(twin)
+        fleet.report(kind, np.array([row]), int(at), online=1, **fields)
+
+    sync = OpcUaSync(fleet, scenario.opcua, on_reading=reading,
                      on_change=lambda c: seen.append(c.value) if c.field == "energy_kwh" and c.good else None)
     url = f"opc.tcp://127.0.0.1:{port}"
     device = Device(port)
@@ -131,6 +138,9 @@ async def _scenario() -> None:
         assert set(received) == set(range(0, 1001)), f"lost: {sorted(set(range(0, 1001)) - set(received))[:10]}"
         meter = fleet.twin("B01-01-01.em")
         assert meter.reported["energy_kwh"] == 1000.0 and meter.reported["online"] == 1
+        energies = [f["energy_kwh"] for t, f, _ in readings if "energy_kwh" in f]
+        assert energies == [float(v) for v in received]  # every good value went through the seam, in order
+        assert all(at > 1.7e9 for _, _, at in readings)  # stamped with the server's source time
 
         assert await sync.command("B01-01-01.em", "relay_closed", 0) is True  # the Trip method, read back
         assert fleet.twin("B01-01-01.em").reported["relay_closed"] == 0
