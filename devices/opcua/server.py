@@ -28,6 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import gc
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -253,7 +254,15 @@ class TwinTreeServer:
         iserver.max_monitored_item_queue_size = 100_000
         self.sessions.iserver = iserver
         self.idx = await server.register_namespace(NAMESPACE)
-        await self._build()
+        collecting = gc.isenabled()
+        gc.disable()  # millions of long-lived objects: collections during the build cost more than the build
+        try:
+            await self._build()
+        finally:
+            if collecting:
+                gc.enable()
+        gc.collect()  # what the build left behind, once,
+        gc.freeze()  # then the tree (it lives as long as the server) stays out of every later collection
         await self._push()  # every variable holds the live value before anyone connects
         await server.start()
         self.port = server.bserver.port if server.bserver is not None and server.bserver.port else self.port
