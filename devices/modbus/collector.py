@@ -8,8 +8,9 @@ allows. Every request has a timeout, and is retried with a growing pause; after 
 or a frame that is not the answer, the connection is closed and opened afresh before its
 next request, because a late reply would otherwise be taken for the next request's answer
 (pymodbus 3.16 stamps it with the next transaction id and unit). A unit that fails
-`offline_after` polls in a row is reported offline, and online again when it answers; an
-offline unit gets one attempt per cycle. On TCP that attempt is made outside the cycle, on
+`offline_after` polls in a row is reported offline, and online again when it answers; a
+unit whose last poll failed (all its retries spent) gets a single try, and an offline
+unit one attempt per cycle. On TCP that attempt is made outside the cycle, on
 one extra connection per gateway that tries the offline units one after the other (a
 dead unit's timeout never holds up the living: a cycle with 10% dead units takes as long
 as a clean one); on a serial bus, where every request shares the wire, it also rests for
@@ -796,7 +797,8 @@ class Collector:
                 bus.pool.release(link)
 
     async def _poll_unit(self, bus: _Bus, link: Link, state: _UnitState, tally: _Tally) -> None:
-        attempts = 1 if state.online is False else self.retries + 1
+        # an offline unit, or one that just failed a poll with all its retries, gets one try
+        attempts = 1 if state.online is False or state.failures else self.retries + 1
         blocks = []
         try:
             for read in state.reads:
