@@ -23,10 +23,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from twin.history import open_history
+from twin.history import History, HistoryError, open_history
 from twin.kernels.billing import bill_fleet
 from twin.model import Kind
-from twin.tariffs import parse_tariff, price_tables
+from twin.tariffs import Tariff, parse_tariff, price_tables
 
 if TYPE_CHECKING:
     from control.runtime import Platform
@@ -39,6 +39,27 @@ COLOURS = ("#2e9e4f", "#f2c12e", "#e8772e", "#7b3fa0", "#d62728", "#6b6b6b", "#d
 NORMAL, LOW, ARREARS, CUT, ALARM, OFFLINE, VACANT = range(len(STATES))
 #: Alarm kinds the grid shows as their own state rather than as "alarm".
 OWN_STATE_KINDS = ("offline", "low_balance_1", "low_balance_2", "low_balance_3")
+
+
+_HISTORIES: dict[str, History] = {}
+_TARIFFS: dict[tuple[str, str], Tariff] = {}
+
+
+def history_of(platform: Platform) -> History:
+    """The platform's history opened for reading, once (its topology is fixed for a run;
+    reads see what the writer flushed)."""
+    key = str(platform.data / "history")
+    if key not in _HISTORIES:
+        _HISTORIES[key] = open_history(key)
+    return _HISTORIES[key]
+
+
+def tariff_of(platform: Platform, name: str) -> Tariff:
+    """A scenario tariff parsed once."""
+    key = (platform.scenario_path, name)
+    if key not in _TARIFFS:
+        _TARIFFS[key] = parse_tariff(name, platform.scenario.tariffs[name])
+    return _TARIFFS[key]
 
 
 def _rows(platform: Platform, kind: Kind, ids: list[str | None]) -> np.ndarray:
@@ -226,7 +247,7 @@ def live_intervals(platform: Platform, since_utc: int) -> tuple[np.ndarray, np.n
     parts_v: list[np.ndarray] = []
     if since_utc < day_first:
         platform.history.flush()
-        history = open_history(platform.data / "history")
+        history = history_of(platform)
         start = max(since_utc, history.start or day_first)
         if start < day_first:
             rows = history.read_rows(start, day_first)
@@ -287,7 +308,7 @@ def twin_day(platform: Platform, twin_id: str) -> dict[str, Any]:
         today = times >= midnight
         out["today_units"] = float(np.nansum(out["values"][today]))
         if spec.tariff and spec.tariff in platform.scenario.tariffs and today.any():
-            tariff = parse_tariff(spec.tariff, platform.scenario.tariffs[spec.tariff])
+            tariff = tariff_of(platform, spec.tariff)
             first = int(times[today][0])
             tables = price_tables([tariff], first, int(today.sum()), platform.world.interval_s,
                                   platform.scenario.site.timezone)
@@ -335,7 +356,7 @@ class EnergyDays:
     def table(self, platform: Platform) -> list[tuple[datetime, float, float]]:
         """(local midnight, kWh, m3) for every day the history holds, and today so far."""
         platform.history.flush()
-        history = open_history(platform.data / "history")
+        history = history_of(platform)
         start, end = history.start, history.end
         columns = platform.world.columns
         sub_e = [i for i, t in enumerate(columns) if t.role == "sub" and t.kind is Kind.ELECTRIC_METER]
@@ -347,8 +368,12 @@ class EnergyDays:
             t0 = int(day.timestamp())
             t1 = int((day + timedelta(days=1)).replace(tzinfo=None).replace(tzinfo=tz).timestamp())
             if t0 not in self.days:
-                rows = history.read_rows(max(t0, start), min(t1, end))
-                sums = (float(np.nansum(rows[:, sub_e])), float(np.nansum(rows[:, sub_w])))
+                try:  # the finest the history keeps for the day (old months may be rolled up)
+                    rows, _ = history.read_finest(max(t0, start), min(t1, end), sub_e + sub_w)
+                except HistoryError:  # a day not on the roll-up's boundaries: left out, not guessed
+                    day = datetime.fromtimestamp(t1, tz=tz)
+                    continue
+                sums = (float(np.nansum(rows[:len(sub_e)])), float(np.nansum(rows[len(sub_e):])))
                 if t1 > end:
                     out.append((day, *sums))
                     break

@@ -711,8 +711,8 @@ def register(app: dash.Dash, board: Dashboard) -> None:
                   Input("report-kind", "value"), Input("report-period", "value"), Input("report-month", "value"),
                   Input("tick", "n_intervals"))
     def report_view(kind: str, period: str, month: str | None, _: int | None) -> tuple[Any, ...]:
-        if ctx.triggered_id == "tick" and kind in ("bands", "orders"):
-            raise PreventUpdate  # heavy or long: refreshed when asked
+        if ctx.triggered_id == "tick" and (kind in ("bands", "orders") or (_ or 0) % 15):
+            raise PreventUpdate  # reports move slowly: every 30 s, the heavy ones when asked
         try:
             rows = report_rows(board, kind, period, month)
         except (NoReadings, ValueError) as err:
