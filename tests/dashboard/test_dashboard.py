@@ -215,7 +215,8 @@ def test_signed_out_requests_are_refused(platform):
 
 
 def test_overview_and_room_grid(platform, operator):
-    """The overview shows live figures; the room grid draws every room, coloured by state."""
+    """The overview shows live figures; the room grid draws every room, coloured by state;
+    clicking a room opens its twin."""
     driver = operator
     wait_for(driver, lambda d: "/" in text_of(d, "ov-online") and text_of(d, "ov-online"), "meters online")
     shot(driver, "overview")
@@ -225,6 +226,23 @@ def test_overview_and_room_grid(platform, operator):
     assert len(rooms) == 6
     assert any(c.startswith("B01-03-02 · offline") for c in rooms)  # the scenario's offline meter
     shot(driver, "room-grid")
+    click_cell(driver, 0, 1)  # room 1 of floor 2 opens its twin
+    wait_for(driver, lambda d: d.current_url.endswith("/twin/B01-02-01.em"), "the clicked room's twin page")
+    wait_text(driver, "twin-room-state", "")
+
+
+def click_cell(driver, x: int, y: int) -> None:
+    """Click the centre of the room grid's cell (x, y), as a person does."""
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+
+    plot = driver.find_element(By.CSS_SELECTOR, "#grid-graph .nsewdrag")
+    px, py, w, h = driver.execute_script(
+        "const g = document.querySelector('#grid-graph .js-plotly-plot'); const l = g._fullLayout;"
+        "const r = arguments[2].getBoundingClientRect(); const p = g.getBoundingClientRect();"
+        "return [l.xaxis.d2p(arguments[0]) + l._size.l + p.left - r.left,"
+        "        l.yaxis.d2p(arguments[1]) + l._size.t + p.top - r.top, r.width, r.height];", x, y, plot)
+    ActionChains(driver).move_to_element_with_offset(plot, int(px - w / 2), int(py - h / 2)).click().perform()
 
 
 def test_trip_then_top_up_restores(platform, operator):
