@@ -16,8 +16,9 @@ power cut loses at most the last second of appends. On open the spool keeps its 
 valid prefix: a torn or damaged record, and everything after it, is cut off, and the
 marks are those of what is left, so whatever was lost is produced again (the platform
 replays its world; ledger transfers are read again by id). The cursor moves only after a
-2xx, by writing cursor.json.tmp, fsync, rename, fsync of the directory, so a sender killed
-at any point resends at most the batches it had in flight, never skips one. Segments
+2xx, by writing cursor.json.tmp and renaming it over cursor.json (fsync'd at most once a
+second, and at close), so a sender killed at any point resends at most the batches it had
+in flight (after a power cut, at most a second more), never skips one. Segments
 wholly before the cursor are deleted. Records appended by this process are kept in memory
 too (up to `cache_bytes`), so the sender rarely reads them back from disk.
 """
@@ -28,6 +29,7 @@ import json
 import os
 import struct
 import threading
+import time
 import zlib
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -82,6 +84,7 @@ class Spool:
         self._cache: OrderedDict[tuple[int, int], Record] = OrderedDict()
         self._cached_bytes = 0
         self.dirty = False  #: appended since the last fsync
+        self._durable_at = 0.0  # monotonic time the cursor was last fsync'd
         self._lock = threading.Lock()
         self.marks: dict[str, int] = {}
         self.cursor = self._read_cursor()  # also loads the marks of what was sent
@@ -239,15 +242,21 @@ class Spool:
 
     def ack(self, segment: int, end: int, lines: int, nbytes: int, marks: dict[str, int]) -> None:
         """The server accepted everything before (`segment`, `end`), which brought the sink
-        up to `marks`: move the cursor there durably, then delete the segments before it."""
+        up to `marks`: move the cursor there, then delete the segments before it. The new
+        cursor replaces the old one atomically; it is fsync'd at most once a second (and at
+        close), so a power cut may take it back up to a second: those batches go again."""
         path = self.directory / "cursor.json"
         tmp = path.with_suffix(".json.tmp")
+        durable = time.monotonic() - self._durable_at >= 1.0
         with tmp.open("w") as f:
             f.write(json.dumps({"segment": segment, "offset": end, "marks": marks}) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+            if durable:
+                f.flush()
+                os.fsync(f.fileno())
         os.replace(tmp, path)
-        _fsync_dir(self.directory)
+        if durable:
+            _fsync_dir(self.directory)
+            self._durable_at = time.monotonic()
         old = self.cursor[0]
         with self._lock:
             self._merge(marks)
@@ -260,7 +269,15 @@ class Spool:
             self._path(number).unlink(missing_ok=True)
 
     def close(self) -> None:
-        """fsync and close the segment being appended to."""
+        """fsync the cursor, and fsync and close the segment being appended to."""
+        cursor = self.directory / "cursor.json"
+        if cursor.exists():
+            fd = os.open(cursor, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            _fsync_dir(self.directory)
         if self._fd >= 0:
             os.fsync(self._fd)
             os.close(self._fd)
