@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import httpx
 import pytest
@@ -115,7 +116,7 @@ def server(tmp_path_factory):
     port = free_tcp_port()
     helptext = subprocess.run([sys.executable, "-m", "control.cli", "run", "--help"], capture_output=True,
                               text=True, check=True).stdout
-    extra = ["--no-opcua"] if "--no-opcua" in helptext else []
+    extra = [flag for flag in ("--no-opcua", "--no-modbus") if flag in helptext]  # not what is tested here
     log = (tmp / "run.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "control.cli", "run", str(scenario), "--data", str(data),
                              "--port", str(port), "--speed", "600", "--start", "2026-03-02T00:00", *extra],
@@ -130,7 +131,7 @@ def server(tmp_path_factory):
                     break
             except httpx.TransportError:
                 pass
-            subprocess.run(["sleep", "0.1"], check=True)
+            time.sleep(0.1)
         keys = {"none": None, "admin": (data / "admin.key").read_text().strip()}
         for role in ("viewer", "operator"):
             made = httpx.post(url + "/api/keys", json={"name": f"schema-{role}", "role": role},
