@@ -47,8 +47,8 @@ def platform(tmp_path_factory):
 
 
 def _set(platform: Platform, twin: str, face_field: str, value: int) -> None:
-    kind, row = platform.world.state.locate(twin)
-    platform.world.state.tables[kind].faces["reported"][face_field][row] = value
+    kind, row = platform.state.locate(twin)
+    platform.state.tables[kind].faces["reported"][face_field][row] = value
 
 
 def test_room_grid_places_every_room_once(platform):
