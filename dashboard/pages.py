@@ -25,7 +25,6 @@ from control.commands import OPERATOR_ACTIONS, CommandError
 from control.energy_report import NoReadings, energy_report
 from control.energy_report import to_csv as energy_csv
 from control.reports import income, orders, to_csv
-from control.runtime import RecordingDevice
 from dashboard import data
 from dashboard.session import require_operator
 from devices.sim.injections import check_target
@@ -585,7 +584,8 @@ def _inject(board: Dashboard, who: str, twin: str, kind: str, hours: float) -> s
     except ValueError as err:
         return str(err)
     duration = int(max(float(hours or 0), 0.25) * 3600)
-    board.bridge.locked(lambda: RecordingDevice(platform).write(spec.id, f"inject:{kind}", duration, f"operator:{who}"))
+    # the world as hardware: recorded for replay after a restart, applied under the world's own lock
+    board.bridge.locked(lambda: platform.source.write(spec.id, f"inject:{kind}", duration, f"operator:{who}"))
     return f"{kind} injected into {spec.id} for {duration / 3600:g} simulated hours"
 
 
