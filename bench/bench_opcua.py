@@ -210,9 +210,24 @@ async def _run(report: Report) -> None:
                 table.faces["reported"]["energy_kwh"] += 0.01
             await ours._push()
 
+        bare_port = free_tcp_port()
+        bare, nodeids = await _start_bare(meters, bare_port)
+        bare_nodes = [n.to_string() for n in nodeids]
+        values = np.random.default_rng(1).random(meters) * 100
+
+        async def bare_round(r: int) -> None:
+            values[:] += 0.01
+            for nodeid, value in zip(nodeids, values.tolist(), strict=True):
+                await bare.write_attribute_value(nodeid, ua.DataValue(ua.Variant(value, ua.VariantType.Double)))
+
+        # alternate the two, best of each: the machine is shared and its load swings within a minute
+        runs: dict[str, list[tuple[float, dict[str, Any]]]] = {"bare": [], "ours": []}
         try:
-            proc = await _spawn_client(ours.endpoint, nodes, rounds, None)
-            ours_s, ours_result = await _measure(ours_round, proc, rounds)
+            for _ in range(1 if quick() else 2):
+                proc = await _spawn_client(f"opc.tcp://127.0.0.1:{bare_port}", bare_nodes, rounds, None)
+                runs["bare"].append(await _measure(bare_round, proc, rounds))
+                proc = await _spawn_client(ours.endpoint, nodes, rounds, None)
+                runs["ours"].append(await _measure(ours_round, proc, rounds))
             key, cert = make_certificate("bench", "urn:metertwin:bench:client")
             from cryptography.hazmat.primitives import serialization
 
@@ -221,32 +236,22 @@ async def _run(report: Report) -> None:
             write_key(key_path, key)
             (ours.certs.trusted / "bench.der").write_bytes(cert_path.read_bytes())
             proc = await _spawn_client(ours.endpoint, nodes, rounds, (str(cert_path), str(key_path)))
-            secure_s, secure_result = await _measure(ours_round, proc, rounds)
+            secure = await _measure(ours_round, proc, rounds)
         finally:
             await ours.stop()
-
-        bare_port = free_tcp_port()
-        bare, nodeids = await _start_bare(meters, bare_port)
-        values = np.random.default_rng(1).random(meters) * 100
-
-        async def bare_round(r: int) -> None:
-            values[:] += 0.01
-            for nodeid, value in zip(nodeids, values.tolist(), strict=True):
-                await bare.write_attribute_value(nodeid, ua.DataValue(ua.Variant(value, ua.VariantType.Double)))
-
-        try:
-            bare_nodes = [n.to_string() for n in nodeids]
-            proc = await _spawn_client(f"opc.tcp://127.0.0.1:{bare_port}", bare_nodes, rounds, None)
-            bare_s, bare_result = await _measure(bare_round, proc, rounds)
-        finally:
             with contextlib.suppress(Exception):
                 await bare.stop()
-    for name, seconds, result in (("None channel", ours_s, ours_result),
-                                  ("SignAndEncrypt", secure_s, secure_result)):
-        rate = result["received"] / seconds
+
+    def best(measured: list[tuple[float, dict[str, Any]]]) -> tuple[float, dict[str, Any]]:
+        return max(((r["received"] / s, r) for s, r in measured), key=lambda x: x[0])
+
+    bare_rate, _ = best(runs["bare"])
+    for name, (rate, result) in (("None channel", best(runs["ours"])), ("SignAndEncrypt", best([secure]))):
+        lost = sum(r["expected"] - r["received"] for _, r in runs["ours"] + [secure])
         report.add(f"OPC UA notifications/s, {meters:,} meters x {rounds} rounds, {name}", rate, "notifications/s",
-                   "bare asyncua write_attribute_value, None channel", bare_result["received"] / bare_s,
-                   note=f"lost {result['expected'] - result['received']}, nodes short {result['nodes_short']}; "
+                   "bare asyncua write_attribute_value, None channel", bare_rate,
+                   note=f"lost {result['expected'] - result['received']} (all runs {lost}), nodes short "
+                        f"{result['nodes_short']}; best of {len(runs['ours']) if name == 'None channel' else 1}; "
                         "goal >= 10,000/s and >= 0.8x")
 
 
