@@ -286,3 +286,28 @@ def test_history_sums_across_raw_and_rolled_up_months(tmp_path):
     assert sums.sum() == 13 * 3 * 3.0 - 12 * 2.0 and missing.sum() == 12
     t0, t1, bucket_s, times, sums, missing = bucket_sums(history, [0, 1], feb - 86400, feb + 86400, 2)
     assert bucket_s == 86400 and sums.tolist() == [288 * 3.0, 288 * 3.0] and missing.tolist() == [0, 0]
+
+
+def test_an_injection_started_live_is_recorded_for_replay(platform):
+    """An operator injects a leak into a water meter: it is in the world from the current
+    interval, listed as live, and its write is in the store (a restart replays it); a
+    kind the twin cannot take is 400 and leaves no write, an unknown twin 404, a viewer 403."""
+    before = platform.store.db.execute("SELECT COUNT(*) FROM world_writes").fetchone()[0]
+    made, wrong, nowhere = ask(
+        platform, Role.OPERATOR,
+        ("POST", "/api/simulation/injections", {"twin": "B01-02-02.wm", "kind": "leak", "duration_s": 86400}),
+        ("POST", "/api/simulation/injections", {"twin": "B01-02-02.em", "kind": "leak", "duration_s": 3600}),
+        ("POST", "/api/simulation/injections", {"twin": "B09-01-01.wm", "kind": "leak", "duration_s": 3600}))
+    assert made.status_code == 201, made.text
+    leak = made.json()
+    assert leak["live"] and leak["kind"] == "leak" and leak["end"] - leak["start"] >= 86400
+    assert leak["start"] <= platform.now() < leak["end"] and leak["params"]["flow_lph"] > 0
+    assert wrong.status_code == 400 and "cannot be injected into B01-02-02.em" in wrong.json()["detail"]
+    assert nowhere.status_code == 404 and "B09-01-01.wm" in nowhere.json()["detail"]
+    rows = platform.store.db.execute("SELECT twin, field, value FROM world_writes").fetchall()
+    assert len(rows) == before + 1 and tuple(rows[-1]) == ("B01-02-02.wm", "inject:leak", 86400)
+    listed, denied = ask(platform, Role.VIEWER, ("GET", "/api/simulation/injections?live=true", None),
+                         ("POST", "/api/simulation/injections", {"twin": "B01-02-02.wm", "kind": "leak",
+                                                                 "duration_s": 60}))
+    assert listed.json() == [leak]
+    assert denied.status_code == 403 and "needs operator" in denied.json()["detail"]
