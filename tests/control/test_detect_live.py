@@ -47,8 +47,15 @@ flow_lph = 15
 twin = "B01-03-01.em"
 kind = "stuck"
 start = "8h"
+
+# the valve reports closed from the first morning, but water goes on flowing
+[[inject]]
+twin = "B01-01-04.wm"
+kind = "valve_stuck_open"
+start = "9h"
 """
-LEAK, STUCK = "B01-02-03.wm", "B01-03-01.em"
+LEAK, STUCK, VALVE = "B01-02-03.wm", "B01-03-01.em", "B01-01-04.wm"
+CLOSED = "B01-01-01.vl"  # an operator closes it at the start: its meter reads zeros, rightly
 
 
 def run_days(platform: Platform, days: float) -> None:
@@ -72,15 +79,23 @@ def detector_alarms(platform: Platform) -> dict[tuple[str, str | None], Alarm]:
 
 
 def test_leak_and_stuck_raise_alarms_with_evidence_then_clear(platform):
-    """Once two days are written, the leak and the stuck meter each hold one open alarm
-    with the day, score and a line of evidence, and no other twin holds a detector alarm;
-    the task ran among the platform's periodic tasks. A day later the leak has stopped and
+    """Once two days are written, the leak, the stuck meter and the valve that reports
+    closed while water flows each hold one open alarm with the day, score and a line of
+    evidence, and no other twin holds a detector alarm (not the meter behind a valve an
+    operator closed by command, whose zeros are expected); the task ran among the
+    platform's periodic tasks. A day later the leak has stopped and
     its alarm is cleared; the stuck meter's is still the one alarm it had, refreshed."""
     task = next(t for t in platform.tasks if t.name == "anomaly detection")
+    platform.commands.create(CLOSED, "valve_close", by="operator", source="operator", now=platform.now())
     run_days(platform, 2.05)
     assert task.runs > 0 and task.last_error is None
     open_ = detector_alarms(platform)
-    assert set(open_) == {("leak", LEAK), ("stuck", STUCK)}, sorted(open_)
+    assert set(open_) == {("leak", LEAK), ("stuck", STUCK), ("valve_stuck_open", VALVE)}, sorted(open_)
+    assert "reported closed" in open_[("valve_stuck_open", VALVE)].evidence["evidence"]
+    topology = platform.detectors.history().topology
+    events = platform.detectors.events(int(platform.world.start_utc), int(platform.now()), topology)
+    closed = [e for e in events if e.twin == CLOSED]
+    assert closed and closed[0].value == "closed" and closed[0].column == topology.index_of("B01-01-01.wm")
     leak = open_[("leak", LEAK)]
     assert leak.evidence["score"] >= leak.evidence["threshold"] and "l/h" in leak.evidence["evidence"]
     assert leak.evidence["day"] == "2026-03-03"
