@@ -6,18 +6,18 @@ Each kind is a rule with its parameters in `AnomalyParams` (defaults below, one 
 - offline: the longest run of missing readings reaching into the day, in hours; alarm at
   `offline_min_h` (never less than one interval). A stale register (one that repeats its
   reading) shows as zero deltas: see stuck.
-- stuck: the longest run of exact zeros in the day, in hours, outside the times
-  its supply was cut (relay open, valve closed, from the events), on a meter that used at
-  least `stuck_min_use` on some day up to this one, while the peers of its building and kind
-  consume (their median day total is above 0). Electric: alarm at `stuck_electric_h` (above
-  the 12 h a theft of kind h2 may switch off). Water meters go quiet for a day when the
-  household is away, so a water meter also needs its room's electric meter to show the
-  household at home that day (a day total of at least `presence_share` of its upper
-  quartile over at least `presence_days` days it was read in full and not itself stuck);
-  without an electric meter in the room, `stuck_water_alone_h` applies. A run that ends
-  inside the day counts only its part inside the day; one still open at midnight counts
-  whole, so a quiet night after an away day is not a stuck meter, and a meter still at
-  zero at midnight is.
+- stuck: the longest run of exact zeros in the day, in hours, outside the times its
+  supply was cut (relay open, valve closed, from the events), on a meter that used at
+  least `stuck_min_use` on some day up to this one, while the peers of its building and
+  kind consume (their median day total is above 0; checked where the zeros reach an
+  alarm). Electric: alarm at `stuck_electric_h` (above the 12 h a theft of kind h2 may
+  switch off). Water meters go quiet for a day when the household is away, so a water
+  meter also needs its room's electric meter to show the household at home that day (a
+  day total of at least `presence_share` of its upper quartile over at least
+  `presence_days` days it was read in full and not itself stuck); without an electric
+  meter in the room, `stuck_water_alone_h` applies. A run that ends inside the day counts
+  only its part inside the day; one still open at midnight counts whole, so a quiet night
+  after an away day is not a stuck meter, and a meter still at zero at midnight is.
 - backwards: the sum of negative readings in the day; alarm at `backwards_min` (kWh or m3).
 - jump: the day's largest reading (a reading after k missing ones counts as its mean over
   k + 1, so a catch-up after an outage is not a jump) against the meter's median daily
@@ -264,11 +264,19 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
 
     # stuck
     groups, n_groups = index.group, index.n_groups
-    peer_total = _group_median(np.where(has_data, total, np.nan), groups, n_groups)[groups] if n_cols else total
     used = np.maximum.accumulate(np.where(has_data, total, 0.0), axis=1) >= p.stuck_min_use if n_days else has_data
     zero_h = zero_run * interval_h
     stuck = _nan_scores(n_cols, n_days)
     meters = electric | water
+    # the peers' median day is needed only where a meter's zeros reach an alarm: elsewhere it
+    # is taken as consuming (np.inf), which leaves a score below the threshold as it is
+    peer_total = np.full((n_cols, n_days), np.inf)
+    reach = meters & (zero_h >= min(p.stuck_electric_h, p.stuck_water_h)).any(axis=1)
+    if reach.any():
+        needed = np.isin(groups, np.unique(groups[reach]))
+        sub_groups = np.unique(groups[needed], return_inverse=True)[1].astype(np.int64)
+        sub = _group_median(np.where(has_data[needed], total[needed], np.nan), sub_groups, int(sub_groups.max()) + 1)
+        peer_total[needed] = sub[sub_groups]
     ok = meters[:, None] & used & (peer_total > 0)
     stuck[ok] = zero_h[ok]
     home, elec_of = _presence(view, total, has_data & (zero_h < p.stuck_electric_h) & (missing == 0), p)

@@ -443,22 +443,37 @@ def shift_ratios(
     of the `baseline_days` days before them. A rise shows as low > 1, a fall as high < 1."""
     n_days = adjusted.shape[1]
     for c in prange(adjusted.shape[0]):
-        window = np.empty(baseline_days, dtype=np.float64)
+        window = np.empty(max(baseline_days, 1), dtype=np.float64)  # the baseline days' values, sorted
+        n = 0
         for d in range(n_days):
             first = d - sustain_days + 1
             low[c, d] = np.nan
             high[c, d] = np.nan
             if first - 1 < 0:
                 continue
-            n = 0
-            for b in range(max(0, first - baseline_days), first):
-                v = adjusted[c, b]
+            # slide the window to days [first - baseline_days, first): one day in, one out
+            v = adjusted[c, first - 1]
+            if v == v and baseline_days > 0:
+                i = n
+                while i > 0 and window[i - 1] > v:
+                    window[i] = window[i - 1]
+                    i -= 1
+                window[i] = v
+                n += 1
+            gone = first - 1 - baseline_days
+            if gone >= 0:
+                v = adjusted[c, gone]
                 if v == v:
-                    window[n] = v
-                    n += 1
+                    i = 0
+                    while window[i] != v:
+                        i += 1
+                    for t in range(i, n - 1):
+                        window[t] = window[t + 1]
+                    n -= 1
             if n < max(min_days, 1):
                 continue
-            m = _sorted_median(window, n)
+            h = n // 2
+            m = window[h] if n % 2 else 0.5 * (window[h - 1] + window[h])
             if not m >= min_base:
                 continue
             lo = np.inf
