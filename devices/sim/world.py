@@ -621,8 +621,10 @@ class World:
             table = self.state.tables[Kind.ELECTRIC_METER]
             self._state_rows_e = np.array([table.row_of[t.id] for t in self.groups["e"]], dtype=np.int64)
         table = self.state.tables[Kind.ELECTRIC_METER]
-        table.faces["reported"]["power_w"][self._state_rows_e] = self.power_e * 1000.0
-        table.stamps["reported"][self._state_rows_e] = self.now_utc() + self.step_s
+        rows = self._state_rows_e
+        live = table.faces["reported"]["online"][rows] == 1  # a meter whose comms are down says nothing
+        table.faces["reported"]["power_w"][rows[live]] = self.power_e[live] * 1000.0
+        table.stamps["reported"][rows[live]] = self.now_utc() + self.step_s
 
     def _feed_twins(self, sums: np.ndarray, last: np.ndarray, ts: int) -> None:
         """Add `sums` ([columns], kWh or m3) to the twins' registers; power or flow from

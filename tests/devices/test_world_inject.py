@@ -30,6 +30,9 @@ def test_live_offline_silences_the_meter_until_its_window_ends(scenario_factory)
     assert live[0].start_step * world.step_s == 6 * 3600  # the current interval's start
     world.advance_to(7 * 3600)
     assert world.state.twin(twin).reported["online"] == 0
+    # silent: its last report is from before the window, while its neighbours report every step
+    assert world.state.twin(twin).stamp("reported") <= world.start_utc + 6 * 3600 + 120
+    assert world.state.twin("B01-01-02.em").stamp("reported") == world.start_utc + 7 * 3600
     col = world.column_of[twin]
     assert np.isnan(world.reported_day[24:28, col]).all()
     world.advance_to(10 * 3600)
