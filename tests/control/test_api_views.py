@@ -181,6 +181,9 @@ def test_a_prepaid_account_run_dry_shows_as_arrears(tmp_path):
             p, Role.VIEWER, ("GET", "/api/accounts/A-B01-01-01", None), ("GET", "/api/twins/B01-01-01.wm", None),
             ("GET", "/api/rooms?building=B01", None)))
         assert account["available_fen"] < 0
+        page, one = (r.json() for r in ask(p, Role.VIEWER, ("GET", "/api/accounts?building=B01", None),
+                                           ("GET", "/api/accounts/A-B01-02-02", None)))
+        assert page["total"] == 4 and page["items"][0] == account and page["items"][-1] == one
         assert water["status"] == "arrears"
         statuses = {r["id"]: r["status"] for r in rooms["items"]}
         assert statuses.pop("B01-01-01") in ("arrears", "cut_off")
