@@ -571,19 +571,18 @@ class TwinTreeServer:
             as_python = [bool(v) for v in as_python]
         times: dict[int, Any] = {0: None}  # many rows share a reading time: one datetime each
         good = ua.StatusCode()
-        written_at: Any = datetime.now(UTC)
         for row, value, code, stamp in zip(changed.tolist(), as_python, status[changed].tolist(),
                                            stamps[changed].tolist(), strict=True):
             source = times.get(stamp)
             if source is None and stamp:
                 source = times[stamp] = datetime.fromtimestamp(stamp, UTC)
             if code == ua.StatusCodes.Good and value == value:  # NaN: no reading of that quantity
-                dv = ua.DataValue(ua.Variant(value, vtype), StatusCode=good, SourceTimestamp=source,
-                                  ServerTimestamp=written_at)
+                # the source timestamp only: both ends encode each datetime in Python, per notification
+                dv = ua.DataValue(ua.Variant(value, vtype), StatusCode=good, SourceTimestamp=source)
             else:
                 bad = code if code != ua.StatusCodes.Good else ua.StatusCodes.BadWaitingForInitialData
                 dv = ua.DataValue(ua.Variant(None, ua.VariantType.Null), StatusCode=_status(bad),
-                                  SourceTimestamp=source, ServerTimestamp=written_at)
+                                  SourceTimestamp=source)
             await write(nodeids[row], value_attr, dv)
         column.last = values
         column.last_status = status
