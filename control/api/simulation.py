@@ -18,7 +18,6 @@ from pydantic import BaseModel, ConfigDict, Field
 from control.api.deps import Operator, Viewer, get_platform
 from control.api.errors import AUTH, errors
 from control.auth import Principal
-from control.runtime import RecordingDevice
 from devices.sim.injections import check_target
 from scenarios.schema import FAULT_KINDS, THEFT_KINDS
 
@@ -134,6 +133,6 @@ async def inject(request: Request, body: InjectionRequest, who: Principal = Oper
         check_target(body.kind, spec)
     except ValueError as err:
         raise HTTPException(400, str(err)) from None
-    async with platform.lock:
-        RecordingDevice(platform).write(body.twin, f"inject:{body.kind}", int(body.duration_s), who.name)
+    async with platform.lock:  # the source records the write for replay and applies it under the world's lock
+        platform.source.write(body.twin, f"inject:{body.kind}", int(body.duration_s), who.name)
         return _injection(platform, platform.world.injections[-1])
