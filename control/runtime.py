@@ -558,6 +558,7 @@ class Platform:
             "months_closed": self.month_close.closed or None,
             "modbus": self.modbus.status() if self.modbus is not None else None,
             "influx": self.influx.status() if self.influx is not None else None,
+            "detectors": self.detectors.status(),
             "tasks": [{"name": t.name, "every_s": t.every_s, "runs": t.runs, "last_error": t.last_error}
                       for t in self.tasks],
         }

@@ -109,3 +109,5 @@ def test_leak_and_stuck_raise_alarms_with_evidence_then_clear(platform):
         "raised", "cleared"]
     stored = {(a.kind, a.twin, a.state.value) for a in platform.store.load_alarms()}
     assert ("leak", LEAK, "cleared") in stored and ("stuck", STUCK, "raised") in stored
+    health = platform.health()["detectors"]
+    assert health["runs"] == platform.detectors.runs and health["raised"] == 3 and health["cleared"] == 1
