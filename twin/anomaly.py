@@ -64,7 +64,6 @@ no baseline for them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, time
 from zoneinfo import ZoneInfo
@@ -494,7 +493,4 @@ def _off_schedule(view: DetectView, matrix: np.ndarray, kind_of: np.ndarray, is_
     return DayScores("off_schedule", scores, p.off_schedule_h, evidence)
 
 
-#: For callers that want a function per kind.
-Detector = Callable[[DetectView], DayScores]
-
-__all__ = ["KINDS", "SUB_DAILY_KINDS", "AnomalyParams", "anomaly_scores"]
+__all__ = ["KINDS", "SUB_DAILY_KINDS", "AnomalyParams", "ColumnIndex", "anomaly_scores", "column_index"]
