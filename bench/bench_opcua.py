@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import socket
 import subprocess
 import sys
 import tempfile
@@ -72,6 +73,13 @@ class _Backend:
 
     def login(self, name: str, password: str) -> str | None:
         return "viewer" if (name, password) == ("bench", "bench-password") else None
+
+
+def free_tcp_port() -> int:
+    """A loopback TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
 
 
 async def _start_ours(scenario: Path, certs: Path, port: int) -> tuple[Any, _Backend, float]:
@@ -189,7 +197,6 @@ async def _run(report: Report) -> None:
     from asyncua import ua
 
     from devices.opcua.security import make_certificate, write_key
-    from tests.support import free_tcp_port  # a free loopback port, as the tests find one
 
     scenario = ROOT / "scenarios" / ("demo-community.toml" if quick() else "district-10k.toml")
     rounds = 3 if quick() else ROUNDS
