@@ -12,7 +12,8 @@ Status, worst first; the first that holds wins:
     normal       none of these
 
 A room takes the worst status of its twins and its account; a vacant room with no twin
-reporting is `normal`. Call these under the platform lock: they read the world's arrays.
+reporting is `normal`. Take a `Snapshot` and build records under the platform lock (they
+read the world's arrays); statuses from a snapshot read only the snapshot.
 """
 
 from __future__ import annotations

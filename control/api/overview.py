@@ -92,15 +92,15 @@ async def overview(request: Request) -> dict[str, Any]:
     """Example: `GET /api/overview`."""
     platform = get_platform(request)
     history = reader(request)
-    async with platform.lock:
+    async with platform.lock:  # read the world and the books; the counting needs neither
         now = platform.now()
         snap = Snapshot.take(platform)
-        twins = platform.scenario.site.twins
-        by_twin = Counter(snap.of_twin(t) for t in twins)
-        meters = [t.id for t in twins if t.kind in (Kind.ELECTRIC_METER, Kind.WATER_METER)]
-        online = sum(1 for t in meters if t not in snap.offline)
         alarms = platform.alarms.open_alarms()
         commands_open = len(platform.commands.open)
+    twins = platform.scenario.site.twins
+    by_twin = Counter(snap.of_twin(t) for t in twins)
+    meters = [t.id for t in twins if t.kind in (Kind.ELECTRIC_METER, Kind.WATER_METER)]
+    online = sum(1 for t in meters if t not in snap.offline)
     by_room = Counter(room_statuses(platform, snap))
     local = datetime.fromtimestamp(now, tz=platform.world.tz)
     midnight = int(local.replace(hour=0, minute=0, second=0, microsecond=0).timestamp())

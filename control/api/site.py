@@ -169,7 +169,7 @@ async def list_buildings(request: Request) -> list[dict[str, Any]]:
     platform = get_platform(request)
     async with platform.lock:
         snap = Snapshot.take(platform)
-        out = [_building(platform, b, snap) for b in platform.scenario.site.buildings]
+    out = [_building(platform, b, snap) for b in platform.scenario.site.buildings]
     for building in out:
         del building["_rooms"]
     return out
@@ -184,7 +184,7 @@ async def get_building(request: Request, building_id: str) -> dict[str, Any]:
     building = find_building(platform, building_id)
     async with platform.lock:
         snap = Snapshot.take(platform, list({r.account for r in building.rooms if r.account}))
-        out = _building(platform, building, snap)
+    out = _building(platform, building, snap)
     by_floor: dict[int, list[dict[str, Any]]] = {f.number: [] for f in building.floors}
     for room in out.pop("_rooms"):
         by_floor.setdefault(room["floor"], []).append(room)
@@ -204,11 +204,11 @@ async def list_rooms(request: Request, building: str | None = Query(None, exampl
               if (building is None or r.building == building) and (floor is None or r.floor == floor)]
     async with platform.lock:
         snap = Snapshot.take(platform, list({r.account for r in chosen if r.account}))
-        if status is None:
-            total, items = len(chosen), [_room(r, snap, platform.twin_specs) for r in chosen[offset:offset + limit]]
-        else:
-            matching = [x for x in (_room(r, snap, platform.twin_specs) for r in chosen) if x["status"] == status]
-            total, items = len(matching), matching[offset:offset + limit]
+    if status is None:
+        total, items = len(chosen), [_room(r, snap, platform.twin_specs) for r in chosen[offset:offset + limit]]
+    else:
+        matching = [x for x in (_room(r, snap, platform.twin_specs) for r in chosen) if x["status"] == status]
+        total, items = len(matching), matching[offset:offset + limit]
     return {"total": total, "offset": offset, "limit": limit, "items": items}
 
 
