@@ -85,6 +85,9 @@ class DetectView:
     def day_of(self, t_utc: int) -> int:
         """The calendar day holding instant `t_utc` (-1 before the window, n_days after)."""
         cal = self.calendar
+        if cal.interval_s >= DAILY and cal.days:  # a daily reading covers its local date
+            local = datetime.fromtimestamp(t_utc, tz=ZoneInfo(cal.timezone)).date()
+            return max(-1, min((local - cal.days[0]).days, self.n_days))
         if t_utc < cal.start_utc:
             return -1
         i = (t_utc - cal.start_utc) // cal.interval_s
