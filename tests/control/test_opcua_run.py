@@ -11,6 +11,7 @@ import contextlib
 import pytest
 from asyncua import ua
 
+from devices.opcua.security import MAX_SUBSCRIPTIONS_PER_USER
 from tests.devices.opcua_support import NS, PASSWORD, PlatformRun, connect, none_channel, try_forbidden
 
 
@@ -112,9 +113,10 @@ async def _until_async(node, check, what: str, bound_s: float = 90.0) -> None:
 
 
 def test_viewer_reads_but_every_outsider_is_refused(run):
-    """A viewer reads and subscribes but may not call Trip. The viewer, an anonymous client,
-    a wrong password and an untrusted certificate each try to write a variable, call Trip and
-    add a node: every attempt is refused."""
+    """A viewer reads and subscribes (up to the per-user limit of subscriptions) but may not
+    call Trip. The viewer, an anonymous client, a wrong password, an untrusted certificate
+    and logins over a None channel each try to write a variable, call Trip and add a node:
+    every attempt is refused."""
     asyncio.run(_refusals(run))
 
 
@@ -127,6 +129,10 @@ async def _refusals(run: PlatformRun) -> None:
         subscription = await viewer.create_subscription(100, Changes())
         await subscription.subscribe_data_change(viewer.get_node(ua.NodeId("B01-01-01.em/PowerW", ns)))
         results = {"viewer": await try_forbidden(viewer)}
+        for _ in range(MAX_SUBSCRIPTIONS_PER_USER - 1):  # up to the limit per user...
+            await viewer.create_subscription(1000, Changes())
+        with pytest.raises(ua.UaError):  # ...and not one more
+            await viewer.create_subscription(1000, Changes())
     finally:
         await viewer.disconnect()
     logins = {
