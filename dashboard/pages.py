@@ -445,6 +445,13 @@ def _report_figure(kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         traces = [{"type": "bar", "x": x, "y": [r.get("fen", 0) / 100 for r in rows], "name": "yuan"},
                   {"type": "bar", "x": x, "y": [(r.get("last_year_fen") or 0) / 100 for r in rows],
                    "name": "yuan last year"}]
+    elif kind == "orders" and rows:
+        by: dict[str, dict[str, float]] = {}
+        for r in rows:
+            day = by.setdefault(str(r["kind"]), {})
+            day[str(r["time"])[:10]] = day.get(str(r["time"])[:10], 0.0) + r["amount_fen"] / 100
+        traces = [{"type": "bar", "x": list(days), "y": list(days.values()), "name": f"{k}, yuan"}
+                  for k, days in by.items()]
     else:
         traces = []
     return {"data": traces, "layout": {"barmode": "group", "height": 320, "margin": {"t": 30, "b": 60}}}

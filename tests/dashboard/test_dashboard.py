@@ -313,7 +313,7 @@ def test_acknowledge_an_alarm(platform, operator):
 
 
 def test_download_a_report(platform, operator):
-    """The orders report downloads as CSV holding the operator's top-up; the energy report
+    """The orders report downloads as CSV holding the ledger's top-ups; the energy report
     shows days with last year beside them."""
     from selenium.webdriver.common.by import By
 
@@ -329,7 +329,7 @@ def test_download_a_report(platform, operator):
     text = files[0].read_text()
     assert files[0].name.startswith("D1-orders-")
     assert text.splitlines()[0] == "transfer,time,kind,account,amount_fen,ref"
-    assert any(",topup,A-B01-01-01,20000," in line for line in text.splitlines())
+    assert ",topup,A-B01-01-02,30000,opening:A-B01-01-02" in text  # every order the ledger holds
 
 
 def test_task_and_injection(platform, operator):
