@@ -447,10 +447,12 @@ def _opcua_sources(r: _Reader, raw: Any, site: Site, on_modbus: set[str]) -> lis
     if not isinstance(raw, list):
         raise r.fail(("opcua",), "must be an array of tables: [[opcua]]")
     kinds = {t.id: t.kind for t in site.twins}
-    out, seen = [], set()
+    out: list[OpcUaSource] = []
+    seen: set[str] = set()
     for i, table in enumerate(raw):
         where = ("opcua", i)
-        table = r.table(table, where, ("twin", "url", "nodes", "methods"), required=("twin", "url", "nodes"))
+        table = r.table(table, where, ("twin", "url", "nodes", "methods", "security", "username", "password_env"),
+                        required=("twin", "url", "nodes"))
         twin = table["twin"]
         if twin not in kinds:
             raise r.fail((*where, "twin"), f"no twin {twin!r} in this site")
@@ -482,7 +484,20 @@ def _opcua_sources(r: _Reader, raw: Any, site: Site, on_modbus: set[str]) -> lis
                 raise r.fail((*where, "methods", action), "give [object node id, method node id], "
                                                           'for example ["ns=2;s=Meter1", "ns=2;s=Meter1.Trip"]')
             methods[action] = (pair[0], pair[1])
-        out.append(OpcUaSource(twin, url, dict(nodes), methods))
+        security = r.get(table, "security", where, str, "none", check=("none", "sign_encrypt").__contains__,
+                         rule="security is 'none' or 'sign_encrypt' (Basic256Sha256)")
+        username = r.get(table, "username", where, str, None)
+        password_env = r.get(table, "password_env", where, str, None)
+        if (username is None) != (password_env is None):
+            raise r.fail((*where, "username" if username is None else "password_env"),
+                         "give username and password_env together (the password stays in the environment)")
+        source = OpcUaSource(twin, url, dict(nodes), methods, security, username, password_env)
+        first = next((o for o in out if o.url == url), None)
+        if first is not None and (first.security, first.username, first.password_env) != (
+                security, username, password_env):
+            raise r.fail((*where, "url"), f"{url} is used with other security or credentials by {first.twin}: "
+                                          "one connection per server, one way to log in")
+        out.append(source)
     return out
 
 

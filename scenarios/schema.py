@@ -219,6 +219,9 @@ class OpcUaSource:
     url: str  #: opc.tcp://HOST:PORT[/path]
     nodes: dict[str, str]  #: reported field -> node id
     methods: dict[str, tuple[str, str]] = field(default_factory=dict)  #: action -> (object node id, method node id)
+    security: str = "none"  #: "none", or "sign_encrypt" (Basic256Sha256 with a client certificate)
+    username: str | None = None  #: user name to log in with; None: anonymous
+    password_env: str | None = None  #: environment variable holding the password (never the file)
 
 
 @dataclass(frozen=True, slots=True)

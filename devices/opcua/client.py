@@ -27,14 +27,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from asyncua import Client, Node, ua
+from asyncua.crypto.security_policies import SecurityPolicyBasic256Sha256
+from cryptography.hazmat.primitives import serialization
 
+from devices.opcua.security import make_certificate, write_key
 from scenarios.schema import OpcUaSource
 from twin.model import Kind
 from twin.state import FleetState
@@ -51,6 +56,7 @@ REQUEST_TIMEOUT_S = 10.0
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0, 15.0)
 #: How long a command's read-back may take before it counts as not confirmed.
 READBACK_S = 10.0
+CLIENT_URI = "urn:metertwin:opcua:client"
 #: (field, value) -> the action a mapped method carries out.
 ACTION_OF = {("relay_closed", 0): "relay_open", ("relay_closed", 1): "relay_close",
              ("open", 0): "valve_close", ("open", 1): "valve_open"}
@@ -95,10 +101,16 @@ class OpcUaSync:
 
     def __init__(self, fleet: FleetState, sources: list[OpcUaSource],
                  on_change: Callable[[Change], None] | None = None,
-                 on_reading: Callable[[str, dict[str, Any], float], None] | None = None) -> None:
+                 on_reading: Callable[[str, dict[str, Any], float], None] | None = None,
+                 cert_dir: str | Path | None = None) -> None:
         """`on_change` sees every notification (good or bad); `on_reading(twin, fields, ts)`,
         when given, takes the good values instead of a plain `fleet.report` (the platform's
-        collector seam: it also feeds counters into intervals)."""
+        collector seam: it also feeds counters into intervals). `cert_dir` holds the client
+        certificate for `sign_encrypt` sources (made there on first use; give it to the
+        device's trust list)."""
+        if any(s.security == "sign_encrypt" for s in sources) and cert_dir is None:
+            raise ValueError("sign_encrypt OPC UA sources need a directory for the client certificate")
+        self.cert_dir = Path(cert_dir) if cert_dir is not None else None
         self.fleet = fleet
         self.on_change = on_change
         self.on_reading = on_reading
@@ -170,6 +182,7 @@ class OpcUaSync:
     async def _session(self, link: _Link) -> None:
         client = Client(link.url, timeout=REQUEST_TIMEOUT_S, watchdog_intervall=WATCHDOG_S)
         link.client = client
+        await self._secure(client, link.sources[0])
         await client.connect()
         targets: dict[ua.NodeId, list[_Target]] = {}
         for source in link.sources:
@@ -194,6 +207,32 @@ class OpcUaSync:
         while True:
             await asyncio.sleep(1.0)
             await client.check_connection()
+
+    async def _secure(self, client: Client, source: OpcUaSource) -> None:
+        """Security and login as the source asks (every source of one URL asks the same)."""
+        if source.username is not None:
+            password = os.environ.get(source.password_env or "")
+            if password is None:
+                raise RuntimeError(f"{source.url}: environment variable {source.password_env} is not set")
+            client.set_user(source.username)
+            client.set_password(password)
+        if source.security == "sign_encrypt":
+            assert self.cert_dir is not None
+            cert, key = self.client_certificate()
+            client.application_uri = CLIENT_URI
+            await client.set_security(SecurityPolicyBasic256Sha256, str(cert), str(key),
+                                      mode=ua.MessageSecurityMode.SignAndEncrypt)
+
+    def client_certificate(self) -> tuple[Path, Path]:
+        """The client certificate (DER) and key (PEM) in `cert_dir`, made when missing."""
+        assert self.cert_dir is not None
+        self.cert_dir.mkdir(parents=True, exist_ok=True)
+        cert, key = self.cert_dir / "opcua_client_cert.der", self.cert_dir / "opcua_client_key.pem"
+        if not (cert.exists() and key.exists()):
+            private, made = make_certificate("MeterTwin OPC UA client", CLIENT_URI)
+            write_key(key, private)
+            cert.write_bytes(made.public_bytes(serialization.Encoding.DER))
+        return cert, key
 
     def _mark_offline(self, link: _Link) -> None:
         for source in link.sources:

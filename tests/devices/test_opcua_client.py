@@ -58,6 +58,7 @@ class Device:
         meter = await server.nodes.objects.add_object(ua.NodeId("Meter1", 2), "Meter1")
         self.energy = await meter.add_variable(ua.NodeId("Meter1.Energy", 2), "Energy", energy, ua.VariantType.Double)
         self.relay = await meter.add_variable(ua.NodeId("Meter1.Relay", 2), "Relay", relay, ua.VariantType.Boolean)
+        await self.relay.set_writable()
 
         async def trip(parent: ua.NodeId) -> list[ua.Variant]:
             tripped = ua.DataValue(ua.Variant(False, ua.VariantType.Boolean))
@@ -154,3 +155,101 @@ async def _scenario() -> None:
     finally:
         await sync.stop()
         await device.stop()
+
+
+SECURE_SITE = """\
+[site]
+id = "S2"
+
+[[buildings]]
+id = "B01"
+floors = 1
+rooms_per_floor = 1
+electric = {}
+
+[[opcua]]
+twin = "B01-01-01.em"
+url = "opc.tcp://127.0.0.1:PORT"
+nodes = { energy_kwh = "ns=2;s=Meter1.Energy", relay_closed = "ns=2;s=Meter1.Relay" }
+security = "sign_encrypt"
+username = "gateway"
+password_env = "MT_TEST_OPCUA_PASSWORD"
+"""
+
+
+class _OneUser:
+    """The device's users: one name and password."""
+
+    def get_user(self, iserver, username=None, password=None, certificate=None):
+        from asyncua.crypto.permission_rules import User, UserRole
+
+        return User(role=UserRole.User, name=username) if (username, password) == ("gateway", "s3cret-pass") else None
+
+
+def test_sync_over_sign_and_encrypt_with_a_login(tmp_path, monkeypatch) -> None:
+    """A device that offers only Basic256Sha256 SignAndEncrypt and a user name login: the
+    sync logs in with the password from the environment and its own certificate, follows
+    every value and writes the relay; with the wrong password it stays disconnected and
+    says why."""
+    monkeypatch.setenv("MT_TEST_OPCUA_PASSWORD", "s3cret-pass")
+    asyncio.run(_secure(tmp_path, monkeypatch))
+
+
+async def _secure(tmp_path, monkeypatch) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from devices.opcua.security import make_certificate, write_key
+
+    port = free_tcp_port()
+    scenario = load_scenario_text(SECURE_SITE.replace("PORT", str(port)), "s2.toml")
+    fleet = FleetState.from_site(scenario.site)
+    key, cert = make_certificate("test device", "urn:test:device", server=True)
+    write_key(tmp_path / "device.pem", key)
+    (tmp_path / "device.der").write_bytes(cert.public_bytes(serialization.Encoding.DER))
+    device = Device(port)
+    device.server = Server(user_manager=_OneUser())
+    device.server.set_security_policy([ua.SecurityPolicyType.Basic256Sha256_SignAndEncrypt])
+    device.server.set_identity_tokens([ua.UserNameIdentityToken])
+    await device.server.load_certificate(str(tmp_path / "device.der"))
+    await device.server.load_private_key(str(tmp_path / "device.pem"))
+    start = device.start
+
+    async def start_secured(energy: float, relay: bool = True) -> None:
+        original = device.server.set_security_policy
+        device.server.set_security_policy = lambda policies: None  # keep SignAndEncrypt only
+        try:
+            await start(energy, relay)
+        finally:
+            device.server.set_security_policy = original
+    await device.server.init()
+    device.server.init = _nothing  # already done, with our certificate
+    await start_secured(0.0)
+    url = f"opc.tcp://127.0.0.1:{port}"
+    seen: list[float] = []
+    sync = OpcUaSync(fleet, scenario.opcua, cert_dir=tmp_path / "client",
+                     on_change=lambda c: seen.append(c.value) if c.field == "energy_kwh" and c.good else None)
+    await sync.start()
+    try:
+        await sync.wait_subscribed(url, 1)
+        await device.count(1, 100)
+        await _wait(lambda: seen and seen[-1] == 100.0, "the values over the secure channel")
+        assert [int(v) for v in seen] == list(range(0, 101))
+        assert await sync.command("B01-01-01.em", "relay_closed", 0) is True  # no method mapped: a node write
+        assert (await device.relay.read_value()) is False
+        assert (tmp_path / "client" / "opcua_client_cert.der").exists()
+    finally:
+        await sync.stop()
+    monkeypatch.setenv("MT_TEST_OPCUA_PASSWORD", "wrong")
+    refused = OpcUaSync(FleetState.from_site(scenario.site), scenario.opcua, cert_dir=tmp_path / "client")
+    await refused.start()
+    try:
+        await _wait(lambda: refused.status()[0]["last_error"] is not None, "the refused login")
+        status = refused.status()[0]
+        assert not status["connected"] and status["generation"] == 0 and "BadUserAccessDenied" in status["last_error"]
+    finally:
+        await refused.stop()
+        await device.stop()
+
+
+async def _nothing(*args, **kwargs) -> None:
+    return None
