@@ -35,6 +35,11 @@ def test_a_valid_source_reads_as_written():
     assert source.twin == "B01.mm" and source.url == "opc.tcp://10.0.3.20:4840"
     assert source.nodes == {"energy_kwh": "ns=2;s=Meter7.Energy", "relay_closed": "ns=3;i=1002"}
     assert source.methods == {"relay_open": ("ns=2;s=Meter7", "ns=2;s=Meter7.Trip")}
+    assert (source.security, source.username, source.password_env) == ("none", None, None)
+    secured = load_scenario_text(BASE.replace('url = "opc.tcp://10.0.3.20:4840"', 'url = "opc.tcp://10.0.3.20:4840"\n'
+                                              'security = "sign_encrypt"\nusername = "gw"\npassword_env = "GW_PW"'))
+    assert (secured.opcua[0].security, secured.opcua[0].username, secured.opcua[0].password_env) == (
+        "sign_encrypt", "gw", "GW_PW")
 
 
 @pytest.mark.parametrize(("old", "new", "where", "says"), [
@@ -46,6 +51,10 @@ def test_a_valid_source_reads_as_written():
      "s1.toml:18: opcua[0].methods", "valve_close"),
     ('relay_open = ["ns=2;s=Meter7", "ns=2;s=Meter7.Trip"]', 'relay_open = "ns=2;s=Meter7.Trip"',
      "s1.toml:18: opcua[0].methods.relay_open", "[object node id, method node id]"),
+    ('url = "opc.tcp://10.0.3.20:4840"', 'url = "opc.tcp://10.0.3.20:4840"\nsecurity = "tls"',
+     "s1.toml:15: opcua[0].security", "'none' or 'sign_encrypt'"),
+    ('url = "opc.tcp://10.0.3.20:4840"', 'url = "opc.tcp://10.0.3.20:4840"\nusername = "gw"',
+     "s1.toml:12: opcua[0].password_env", "together"),
 ])
 def test_errors_name_line_and_field(old, new, where, says):
     """Each fault is refused with the file, the line and the field it is on."""
