@@ -371,6 +371,21 @@ def clean_residual(
             out[g, t] = residual[g, t] - fit
 
 
+@njit(cache=True, nogil=True)
+def _median_sorting(buf: np.ndarray, n: int) -> float:
+    """Median of buf[:n], sorting it in place (insertion sort: n is a few dozen here, and
+    np.median would allocate a copy per call)."""
+    for i in range(1, n):
+        v = buf[i]
+        m = i - 1
+        while m >= 0 and buf[m] > v:
+            buf[m + 1] = buf[m]
+            m -= 1
+        buf[m + 1] = v
+    h = n // 2
+    return buf[h] if n % 2 else 0.5 * (buf[h - 1] + buf[h])
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def trailing_robust_z(
     values: np.ndarray,  # float64 [meters, days]
@@ -410,10 +425,10 @@ def trailing_robust_z(
             med = np.nan
             scale = np.nan
             if n >= 3:
-                med = np.median(ref[:n])
+                med = _median_sorting(ref, n)
                 for k in range(n):
                     dev[k] = abs(ref[k] - med)
-                scale = 1.4826 * np.median(dev[:n]) + floor
+                scale = 1.4826 * _median_sorting(dev, n) + floor
             for d in range(s, min(s + step, n_days)):
                 x = values[j, d]
                 median_out[j, d] = med if x == x else np.nan
@@ -446,10 +461,10 @@ def group_median_mad(
             med = np.nan
             mad = np.nan
             if n:
-                med = np.median(buf[:n])
+                med = _median_sorting(buf, n)
                 for k in range(n):
                     dev[k] = abs(buf[k] - med)
-                mad = np.median(dev[:n])
+                mad = _median_sorting(dev, n)
             for k in range(a, b):
                 median_out[group_rows[k], d] = med
                 mad_out[group_rows[k], d] = mad
