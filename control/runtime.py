@@ -36,13 +36,14 @@ import numpy as np
 from control.auth import Auth
 from control.batch import TaskBook
 from control.billing import LiveBilling
-from control.commands import Command, CommandBook
+from control.commands import Command, CommandBook, Device, DeviceRouter
 from control.detect_live import attach
 from control.influx import sink_for
 from control.meter_billing import MeterBilling
 from control.modbus_link import GatewayAddress, ModbusDevice, ModbusLink
 from control.month_close import Closed, MonthClose
 from control.notify import Notifier
+from control.opcua_sync import PlatformSync
 from control.payments import load_secrets
 from control.policies import AccountPolicyState, PolicySettings, PrepaidPolicy
 from control.store import Store
@@ -180,7 +181,7 @@ class Platform:
         self._replay_writes(resume_s)
         topology = Topology.from_twins(self.scenario.site.id, self.scenario.site.timezone,
                                        self.world.interval_s, self.scenario.site.twins)
-        self.history = HistoryWriter(self.data / "history", topology)
+        self.history = HistoryWriter(self.data / "history", topology, background=True)  # roll-ups off the tick
         #: the InfluxDB sink (scenario [influx] or METERTWIN_INFLUX_URL), None when off
         self.influx = sink_for(self.scenario.influx, self.data, topology, self.data / "ledger.sqlite")
         self.alarms = AlarmBook(self.store.load_alarms())
@@ -190,15 +191,25 @@ class Platform:
         #: directly, or what the collector last read over Modbus
         self.state: FleetState = self.world.state
         self.source = RecordingSource(self)  #: the world as hardware: writes recorded for replay, under its lock
-        device: RecordingDevice | ModbusDevice = RecordingDevice(self)
+        device: Device = RecordingDevice(self)
+        #: the [[opcua]] sources' client sync (beside the Modbus collector), None without any
+        self.opcua_sync: PlatformSync | None = None
+        opcua_twins = {s.twin for s in self.scenario.opcua}
+        if opcua_twins and modbus is None:
+            raise ValueError(f"{Path(scenario_path).name} has [[opcua]] sources: they are synced beside the Modbus "
+                             "collector; run without --no-modbus")
         if modbus is not None:
             self.state = FleetState.from_site(self.scenario.site)
             self.modbus = ModbusLink(
                 self.scenario.site, self.state, [c.id for c in topology.columns], self.world.interval_s, self.now,
                 own_world=None if modbus.addresses else self.source, addresses=modbus.addresses,
                 sources=self.scenario.modbus, tls_dir=modbus.tls_dir, per_gateway=modbus.per_gateway,
-                poll_s=modbus.poll_s)
+                poll_s=modbus.poll_s, elsewhere=opcua_twins)
             device = ModbusDevice(self.modbus)
+            if opcua_twins:
+                self.opcua_sync = PlatformSync(self.modbus, self.scenario.opcua,
+                                               cert_dir=self.data / "opcua" / "client")
+                device = DeviceRouter(device, dict.fromkeys(opcua_twins, self.opcua_sync))
         self.commands = CommandBook(self.store, self.state, device, valves, self.world.interval_s,
                                     self._command_problem)
         self.batch = TaskBook(self.store, self.scenario.site, self.commands)
@@ -454,6 +465,9 @@ class Platform:
     def _tick(self, target: float) -> None:
         self.source.advance_to(target)
         now = self.now()
+        if self.opcua_sync is not None:  # before the drain: twins whose values stand count for this interval
+            for twin, field_name, value, reason in self.opcua_sync.tick(now):
+                self.commands.not_confirmed(twin, field_name, value, reason, now)
         if self.modbus is not None:
             self._collected(now)
         self.commands.check(now)
@@ -513,6 +527,10 @@ class Platform:
             await self.modbus.start()
             for line in self.modbus.describe():
                 log.info("polling %s", line)
+        if self.opcua_sync is not None:
+            await self.opcua_sync.start()
+            for url, link in self.opcua_sync.links.items():
+                log.info("syncing %s (%d twins, OPC UA subscriptions)", url, len(link.sources))
         opcua = None
         if opcua_port is not None:
             from control.opcua_link import start_opcua
@@ -530,6 +548,8 @@ class Platform:
             await loop_task
             if opcua is not None:
                 await opcua.stop()
+            if self.opcua_sync is not None:
+                await self.opcua_sync.stop()
             if self.modbus is not None:
                 await self.modbus.stop()
             await self.topups.stop()
@@ -557,6 +577,7 @@ class Platform:
             "replay_s": round(self.replay_seconds, 2), "webhooks": self.notifier.status(),
             "months_closed": self.month_close.closed or None,
             "modbus": self.modbus.status() if self.modbus is not None else None,
+            "opcua_sources": self.opcua_sync.summary() if self.opcua_sync is not None else None,
             "influx": self.influx.status() if self.influx is not None else None,
             "detectors": self.detectors.status(),
             "tasks": [{"name": t.name, "every_s": t.every_s, "runs": t.runs, "last_error": t.last_error}

@@ -26,7 +26,9 @@ import contextlib
 import csv
 import functools
 import json
+import logging
 import os
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
@@ -372,11 +374,14 @@ class HistoryWriter:
 
     Raw readings are kept for `raw_days` days back from the newest reading (None: forever);
     a month wholly older than that is rolled up (see `roll_up`) when the writer opens and
-    whenever it starts a new month file.
+    whenever it starts a new month file. With `background=True` (the live platform) a month
+    that leaves the window while writing is rolled up in a thread of its own, so appends
+    never wait for it; writes into a month being rolled up are refused as for a rolled one,
+    and `close` waits for the roll-up to finish (and rolls up what fell due meanwhile).
     """
 
     def __init__(self, directory: str | os.PathLike[str], topology: Topology, *,
-                 raw_days: int | None = DEFAULT_RAW_DAYS) -> None:
+                 raw_days: int | None = DEFAULT_RAW_DAYS, background: bool = False) -> None:
         if raw_days is not None and raw_days < 1:
             raise HistoryError(f"raw_days must be at least 1 (or None to keep raw readings forever), not {raw_days}")
         self.directory = Path(directory)
@@ -396,6 +401,12 @@ class HistoryWriter:
         else:
             _replace_text(path, topology.to_json())
         self._files: dict[str, tuple[int, int]] = {}  # month name -> (fd, first row)
+        self.background = background
+        self._rolling: frozenset[str] = frozenset()  # months a background roll-up is working on
+        self._roller: threading.Thread | None = None
+        #: the error of the last background roll-up, if it failed (the month stays raw and is
+        #: rolled up again by the next writer to open the history)
+        self.roll_up_error: BaseException | None = None
         self._month = (0, 0, "")  # (start, end, name) of the month last appended to
         for sidecar in sorted((self.directory / "intervals").glob("*.json")):
             if "rebase" in _sidecar_doc(sidecar):  # a writer was killed rebasing this month: settle it
@@ -411,6 +422,9 @@ class HistoryWriter:
         """(fd, first row held) of a month file, creating it to start at `first_row`."""
         if month in self._files:
             return self._files[month]
+        if month in self._rolling:
+            raise HistoryError(f"{month}: its raw readings left the {self.raw_days}-day window and are being "
+                               f"rolled up (rollups/); a reading for it cannot land any more")
         path = self.directory / "intervals" / f"{month}.f32"
         sidecar = path.with_suffix(".json")
         if path.exists():
@@ -494,7 +508,56 @@ class HistoryWriter:
         """Note that readings reach `end`; roll up the months that leaves behind the window."""
         self._end = max(self._end, end)
         if self.raw_days is not None and self._end >= self._roll_due:
-            self.roll_up()
+            if self.background:
+                self._roll_up_in_background()
+            else:
+                self.roll_up()
+
+    def _roll_up_in_background(self) -> None:
+        """Start a thread rolling up the months that left the window (one thread at a time:
+        months that leave it meanwhile wait for the next new month file or the next open)."""
+        if self._roller is not None and self._roller.is_alive():
+            return
+        months = self._due_months(None)
+        if not months:
+            return
+        for month in months:  # the writer lets go of them here; the thread owns them now
+            if month in self._files:
+                os.close(self._files.pop(month)[0])
+        self._rolling = frozenset(months)
+        levels = rollup_levels(self.interval_s)
+
+        def run() -> None:
+            try:
+                for month in months:
+                    self._roll_up_month(month, levels)
+            except BaseException as exc:  # noqa: BLE001 - kept for the owner; the raw month stays
+                self.roll_up_error = exc
+                logging.getLogger(__name__).exception("history %s: rolling up %s failed; the raw months stay "
+                                                      "and are rolled up when the history is next opened",
+                                                      self.directory, ", ".join(months))
+            finally:
+                self._rolling = frozenset()
+
+        self._roller = threading.Thread(target=run, name="history-roll-up", daemon=True)
+        self._roller.start()
+
+    def _due_months(self, now_utc: int | None) -> list[str]:
+        """The raw months wholly `raw_days` or more before `now_utc` (default: the newest
+        reading's end); sets when the next one falls due."""
+        window = (self.raw_days or 0) * 86400
+        horizon = (self._end if now_utc is None else now_utc) - window
+        due = []
+        self._roll_due = 2**62
+        for month in self._history.months():
+            if month in self._rolling:
+                continue
+            month_end = next_month_start_utc(_month_of_name(month))
+            if month_end <= horizon:
+                due.append(month)
+            else:
+                self._roll_due = min(self._roll_due, month_end + window)
+        return due
 
     def _rebase(self, month: str, row: int) -> tuple[int, int]:
         """Readings older than a month file's first row: rewrite the file to start at `row`.
@@ -569,7 +632,7 @@ class HistoryWriter:
         months = times.astype("datetime64[s]").astype("datetime64[M]")
         names = [str(m) for m in np.unique(months)]
         for name in names:
-            if not (self.directory / "intervals" / f"{name}.f32").exists() and \
+            if name in self._rolling or not (self.directory / "intervals" / f"{name}.f32").exists() and \
                     self._history.month_interval(name) is not None:
                 raise HistoryError(f"{name}: its raw readings left the {self.raw_days}-day window and were rolled up "
                                    "(rollups/); late readings for it cannot land any more; nothing was written")
@@ -604,18 +667,17 @@ class HistoryWriter:
         if self.raw_days is None or not levels:
             self._roll_due = 2**62
             return []
-        window = self.raw_days * 86400
-        horizon = (self._end if now_utc is None else now_utc) - window
-        done = []
-        self._roll_due = 2**62
-        for month in self._history.months():
-            month_end = next_month_start_utc(_month_of_name(month))
-            if month_end <= horizon:
-                self._roll_up_month(month, levels)
-                done.append(month)
-            else:
-                self._roll_due = min(self._roll_due, month_end + window)
+        self.wait_roll_up()
+        done = self._due_months(now_utc)
+        for month in done:
+            self._roll_up_month(month, levels)
         return done
+
+    def wait_roll_up(self) -> None:
+        """Wait for a background roll-up to finish (at once when none runs)."""
+        if self._roller is not None:
+            self._roller.join()
+            self._roller = None
 
     def _roll_up_month(self, month: str, levels: tuple[int, ...]) -> None:
         if month in self._files:
@@ -657,7 +719,11 @@ class HistoryWriter:
             os.fsync(fd)
 
     def close(self) -> None:
-        """Close the month files."""
+        """Wait for a background roll-up, roll up what fell due while it ran, then close the
+        month files."""
+        self.wait_roll_up()
+        if self.raw_days is not None and self._end >= self._roll_due:
+            self.roll_up()
         for fd, _ in self._files.values():
             os.close(fd)
         self._files.clear()

@@ -201,3 +201,41 @@ def test_the_resampling_kernel_matches_plain_numpy(k: int):
     sum_intervals(x, k, given, True, sums, counts)
     np.testing.assert_array_equal(sums, ref_sums)
     np.testing.assert_array_equal(counts, given.reshape(50, k, 7).sum(axis=1))
+
+
+def test_a_live_writer_rolls_up_in_the_background_alike(tmp_path: Path):
+    """With background=True (the live platform) the months leaving the window are rolled up
+    by a thread of their own while appends go on; a write into a month being rolled up is
+    refused naming it; once done the history reads exactly as one rolled up in the foreground."""
+    topo = topology(3, 900)
+    span = readings((APR - JAN) // 900, 3, 5)
+    per_day = 86400 // 900
+    with HistoryWriter(tmp_path / "fg", topo, raw_days=25) as writer:
+        for day in range(0, (APR - JAN) // 86400):
+            writer.append(JAN + day * 86400, span[day * per_day:(day + 1) * per_day])
+    refused = 0
+    with HistoryWriter(tmp_path / "bg", topo, raw_days=25, background=True) as writer:
+        for day in range(0, (APR - JAN) // 86400):
+            writer.append(JAN + day * 86400, span[day * per_day:(day + 1) * per_day])
+            if writer._rolling:  # a roll-up is running now: its month takes no more readings
+                month = sorted(writer._rolling)[0]
+                with pytest.raises(HistoryError, match=f"{month}: its raw readings left the 25-day window"):
+                    writer.write_cells(["B01-01-00.em"], [_month_start(month)], [9.0])
+                refused += 1
+        writer.wait_roll_up()
+        assert writer.roll_up_error is None
+    fg, bg = open_history(tmp_path / "fg"), open_history(tmp_path / "bg")
+    assert bg.rolled_up_months() == fg.rolled_up_months() == ["2026-01", "2026-02"]
+    assert bg.months() == fg.months() == ["2026-03"]
+    for level in (900, 3600, 86400):
+        np.testing.assert_array_equal(bg.read(JAN, MAR, interval_s=level), fg.read(JAN, MAR, interval_s=level))
+    np.testing.assert_array_equal(bg.read(MAR, APR), fg.read(MAR, APR))
+    for level in (900, 86400):
+        for month in ("2026-01", "2026-02"):
+            assert (tmp_path / "bg" / "rollups" / str(level) / f"{month}.missing.u16").read_bytes() == \
+                (tmp_path / "fg" / "rollups" / str(level) / f"{month}.missing.u16").read_bytes()
+    print(f"background roll-up: {refused} writes refused while a month was being rolled up")
+
+
+def _month_start(month: str) -> int:
+    return int(datetime.strptime(month, "%Y-%m").replace(tzinfo=UTC).timestamp())
