@@ -81,6 +81,19 @@ class Device(Protocol):
         """Write an absolute value to a twin's control point."""
 
 
+class DeviceRouter:
+    """A `Device` that sends each twin's writes to the device that serves it (OPC UA
+    sources to their client sync), and every other twin's to `default`."""
+
+    def __init__(self, default: Device, routes: dict[str, Device]) -> None:
+        self.default = default
+        self.routes = routes  #: twin id -> its device
+
+    def write(self, twin_id: str, field: str, value: int, source: str) -> None:
+        """Hand the write to the twin's device."""
+        self.routes.get(twin_id, self.default).write(twin_id, field, value, source)
+
+
 @dataclass
 class Command:
     """One command. Example: ``Command("c-1a2b", "B01-02-03.em", "relay_open", "relay_closed", 0,
@@ -205,6 +218,17 @@ class CommandBook:
                 self._finish(command, CommandState.FAILED, now, "platform", self._why_not(command))
                 changed.append(command)
         return changed
+
+    def not_confirmed(self, twin: str, field: str, value: int, reason: str, now: float) -> Command | None:
+        """The device could not carry out a write (it did not read back): fail the sent
+        command that asked for it at once, with the device's reason, instead of at its
+        deadline. None when no such command is open (confirmed meanwhile, or superseded)."""
+        for command in list(self.open.values()):
+            if (command.twin, command.field, command.value) == (twin, field, value) and \
+                    command.state is CommandState.SENT and not self._confirmed(command):
+                self._finish(command, CommandState.FAILED, now, "device", reason)
+                return command
+        return None
 
     def _confirmed(self, command: Command) -> bool:
         view = self.fleet.twin(command.twin)

@@ -31,7 +31,7 @@ import contextlib
 import logging
 import threading
 from collections import deque
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -116,7 +116,8 @@ class ModbusLink:
     `own_world`: a `Source` of the simulated world to serve behind emulated gateways on
     free loopback ports; `addresses`: the gateways of a separate emulator or real site,
     in layout order (exactly one of the two, or neither when only `sources` are polled).
-    `sources`: the scenario's `[[modbus]]` twins; those twins are left out of the layout.
+    `sources`: the scenario's `[[modbus]]` twins; those twins are left out of the layout,
+    and so are `elsewhere` (twins another link feeds through `reading`: OPC UA sources).
     `clock()` is platform time (UTC seconds); `poll_s` wall seconds between cycles.
     """
 
@@ -124,13 +125,13 @@ class ModbusLink:
                  clock: Callable[[], float], *, own_world: Source | None = None,
                  addresses: Sequence[GatewayAddress] | None = None, sources: Sequence[ModbusSource] = (),
                  tls_dir: str | Path | None = None, per_gateway: int = 200, poll_s: float = 2.0,
-                 timeout_s: float = 1.0, offline_after: int = 2) -> None:
+                 timeout_s: float = 1.0, offline_after: int = 2, elsewhere: Collection[str] = ()) -> None:
         if own_world is not None and addresses:
             raise ValueError("serve an own world or poll given gateways, not both")
         self.state, self.clock, self.interval_s, self.poll_s = state, clock, interval_s, poll_s
         self.own_world = own_world
         self.tls_dir = Path(tls_dir) if tls_dir else None
-        hardware = {s.twin for s in sources}
+        hardware = {s.twin for s in sources} | set(elsewhere)
         self.gateways = [g for g in layout(_without(site, hardware), per_gateway) if g.units]
         self.addresses = list(addresses or [])
         if self.addresses and len(self.addresses) != len(self.gateways):
@@ -288,6 +289,31 @@ class ModbusLink:
             self.events.append(LinkEvent("bad_reading", twin, self.clock(),
                                          {"point": point, "value": None if value != value else value,
                                           "reason": reason}))
+
+    def reading(self, twin: str, fields: dict[str, float], ts: float) -> None:
+        """A checked reading from another field link (OPC UA), taken like a polled one:
+        into the twin's reported face, its counter into the interval builder."""
+        self._reading(twin, fields, ts)
+
+    def event(self, kind: str, twin: str, evidence: dict[str, Any]) -> None:
+        """Queue an "offline", "online" or "bad_reading" event of another field link for
+        the tick thread, which turns it into an alarm as it does the collector's."""
+        with self.lock:
+            self.events.append(LinkEvent(kind, twin, self.clock(), evidence))
+
+    def hold(self, twin: str, ts: float) -> None:
+        """A twin on a subscription whose link is up and that sent no change: its values
+        still stand at `ts` (its counter's interval gets 0, not missing)."""
+        kind, rows = self._locate(twin)
+        self.state.tables[kind].stamps["reported"][rows] = int(ts)
+        counter = COUNTER.get(kind)
+        if counter is None:
+            return
+        col = self.builder.col_of.get(twin)
+        with self.lock:
+            if col is not None and self.builder.latest_ts[col]:
+                self._close_until(ts)
+                self.builder.reading(twin, float(self.builder.latest[col]), int(ts))
 
     def drain(self, now: float) -> tuple[list[tuple[int, np.ndarray]], list[LinkEvent]]:
         """For the tick thread: intervals closed by `now` (in order) and the events since the
