@@ -2,7 +2,8 @@
 
 `theft_scores(view)` returns {"theft": DayScores}. The score is built from the features of
 `twin.kernels.theft` in three steps, with fixed constants (set once on the simulator's
-demo-theft scenario, seeds 1 and 2; never fitted at run time, never to a run's ground truth):
+demo-theft scenario, seeds 1-6, 101, 202 and 303; never fitted at run time, never to a run's
+ground truth):
 
 1. Each pattern feature becomes a one-sided robust z-score against the meter's own
    `WINDOW` days before (median and MAD, `trailing_robust_z`), signed so that higher is
@@ -11,10 +12,14 @@ demo-theft scenario, seeds 1 and 2; never fitted at run time, never to a run's g
    read as theft by the others), the longest off run growing (ZERO), the day's spread
    rising or collapsing (CV_HIGH, CV_LOW), the quarter-hour autocorrelation falling (LAG),
    the day's shape departing from the meter's usual day (SHAPE).
-2. Balance localisation (BAL): the meter's correlation with its master meter's unexplained
-   energy (see the kernel module), as a z-score against the other meters of the same
-   master that day (median and MAD). A meter that explains the building's loss stands
-   out from its neighbours.
+   Where the flat's room has a water meter, DROP compares the electricity's total divided
+   by the water's to the power `WATER_BETA` (`_drop_z`): a household at home less, or
+   away, uses less of both; a meter that hides energy reads less electricity only.
+2. Balance localisation (BAL): how closely the meter's moves follow its master meter's
+   unexplained energy (`twin.kernels.theft_features.balance_block_z`: Fisher z of the
+   correlation of first differences per 3-hour block, best sum over the day's last
+   blocks), as a z-score against the other meters of the same master that day (median
+   and MAD). A meter that explains the building's loss stands out from its neighbours.
 3. The theft score is the largest of: each pattern z (DROP, ZERO, CV_HIGH, CV_LOW, LAG,
    SHAPE) times its weight in `WEIGHTS`, and the joint balance evidence
    `(BAL + max(DROP, 0)) / sqrt(2)` when BAL is above 0 (a share of the load stolen shows
@@ -41,6 +46,7 @@ import numpy as np
 
 from twin.detect import DayScores, DetectView
 from twin.kernels import theft as k
+from twin.kernels import theft_features as kf
 
 #: Days of own history each meter-day is compared with.
 WINDOW = 28
@@ -63,6 +69,13 @@ DROP_EPS_KWH = 0.05
 #: Cap on one day's DROP and BAL z before runs add up: one odd day (a day away) stays one day.
 Z_CAP = 2.5
 BAL_CAP = 8.0
+
+#: The room's water as a witness of the day (see _drop_z): exponent on its day total,
+#: m3 added before the log (a day without water is finite), and the robust z above its own
+#: usual beyond which the water is not trusted (a leak, a misread register).
+WATER_BETA = 0.8
+WATER_EPS_M3 = 0.01
+WATER_GATE = 3.0
 
 #: Most pattern suspects fitted out of one master-day's residual before localising.
 MAX_SUSPECTS = 4
@@ -217,6 +230,42 @@ def _explain_away(view: DetectView, meters: np.ndarray, rrow: np.ndarray, residu
     return out
 
 
+def room_water(view: DetectView, meters: np.ndarray) -> np.ndarray:
+    """int64 [meters]: the column of the water sub-meter in each electric meter's room
+    (-1 where the room has none, or more than one)."""
+    cols = view.topology.columns
+    water: dict[str, list[int]] = {}
+    for i, c in enumerate(cols):
+        if c.kind == "water_meter" and c.role == "sub" and c.room:
+            water.setdefault(c.room, []).append(i)
+    return np.array([water[r][0] if (r := cols[i].room) and len(water.get(r, ())) == 1 else -1 for i in meters],
+                    dtype=np.int64)
+
+
+def _drop_z(view: DetectView, meters: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The day total's robust z against the meter's own past (higher: lower than usual) and
+    the log of the total that past expects. Where the room's water meter read the whole
+    day, and no more than `WATER_GATE` robust z above its own usual (a leak would read as a
+    fall of the electricity), the total is first divided by the water's day total to the
+    power `WATER_BETA`: the household's day-to-day swings (more at home, away) move both."""
+    log_total = np.log(total + DROP_EPS_KWH)
+    drop, log_base = _z_med(log_total, FLOORS["drop"])
+    partner = room_water(view, meters)
+    has = partner >= 0
+    if not has.any() or not total.size:
+        return -drop, log_base
+    water = np.full_like(total, np.nan)
+    sums = np.empty((int(has.sum()), total.shape[1]))
+    kf.row_day_totals(view.matrix, partner[has], view.calendar.day_bounds, sums)
+    with np.errstate(invalid="ignore"):
+        water[has] = np.where(sums >= 0.0, np.log(np.maximum(sums, 0.0) + WATER_EPS_M3), np.nan)
+    water_z = _z(water, FLOORS["drop"])
+    adjusted, adjusted_base = _z_med(log_total - WATER_BETA * water, FLOORS["drop"])
+    with np.errstate(invalid="ignore"):
+        use = np.isfinite(adjusted) & (water_z <= WATER_GATE)
+    return -np.where(use, adjusted, drop), np.where(use, adjusted_base + WATER_BETA * water, log_base)
+
+
 def theft_features(view: DetectView) -> TheftFeatures:
     """Features, z-scores and the combined score for every electric sub-meter and day."""
     cal = view.calendar
@@ -238,8 +287,7 @@ def theft_features(view: DetectView) -> TheftFeatures:
     z: dict[str, np.ndarray] = {}
     cut = supply_cut(view, meters)
     total = np.maximum(raw[k.TOTAL], 0.0)
-    drop, log_base = _z_med(np.log(total + DROP_EPS_KWH), FLOORS["drop"])
-    drop = -drop
+    drop, log_base = _drop_z(view, meters, total)
     peer, _ = _by_group_median(drop, group)
     drop = np.minimum(drop - np.where(np.isfinite(peer), peer, 0.0), Z_CAP)
     loss = np.full((meters.size, n_days), np.nan)
@@ -267,7 +315,8 @@ def theft_features(view: DetectView) -> TheftFeatures:
     if meters.size and n_days and (rrow >= 0).any():
         cleaned = _explain_away(view, meters, rrow, residual, pattern)
         bal = np.empty((meters.size, n_days))
-        k.balance_corr(view.matrix, meters, rrow, cleaned, cal.day_bounds, cal.slot, cal.n_slots, bal)
+        kf.balance_block_z(view.matrix, meters, rrow, cleaned, cal.day_bounds, cal.slot, cal.n_slots,
+                           kf.blocks_per_day(cal.n_slots), bal)
         raw[k.BAL_CORR] = bal
     bal = raw[k.BAL_CORR]
     med, mad = _by_group_median(bal, group)

@@ -1,0 +1,142 @@
+"""Theft kernels for localising a master's unexplained energy and for the room's water as
+a witness of the day's occupancy: per meter-day values from one pass over the readings.
+
+`balance_block_z`: a flat that hides a share of its load (h1, bypass, h3) leaves a copy of
+its own interval-to-interval moves in its master's unexplained energy (the residual of
+`twin.kernels.theft.balance_residual`). The day is cut into `n_blocks` blocks of local
+time (3 hours at 15 minutes); in each block the correlation of first differences (meter
+against residual) becomes a Fisher z, `atanh(r) * sqrt(pairs - 3)` (about N(0, 1) for a
+meter whose moves are its own), leaving out the block's one most contrary pair (the
+largest negative dx * dr), and the day's value is the best standardised sum over the last
+1, 2, 4 ... `n_blocks` blocks of the day: `sum(z) / sqrt(blocks)`.
+Why: a single pair of readings can own a day's correlation. In the interval a theft
+starts the meter falls as the residual rises by the same energy (and the reverse when it
+ends): a move against the pattern, larger than every later move of a meter that hides 80%
+of its load. Leaving out each block's most contrary pair removes it, and blocks keep any
+other odd pair to one block. Windows end at the day's end because a theft that starts in
+the evening is a few blocks of the day, which a whole-day sum would bury.
+
+`row_day_totals`: each listed row's energy (or volume) per local day; NaN for a day with
+a missing reading (a partial total would read as a fall).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+#: Fewest pairs of readings per block (hourly data gets 2 blocks, daily none).
+MIN_PAIRS_PER_BLOCK = 12
+#: Most blocks per day (3 hours each at 15 minutes).
+MAX_BLOCKS = 8
+#: Correlations are clipped to this before atanh, so one block cannot say more than
+#: atanh(0.99) * sqrt(pairs - 3) (about 8 at 15 minutes).
+R_CLIP = 0.99
+
+
+def blocks_per_day(n_slots: int) -> int:
+    """Blocks a day is cut into: as many as keep `MIN_PAIRS_PER_BLOCK` pairs in each, at
+    most `MAX_BLOCKS`, a power of two (0: too few readings a day to localise)."""
+    n = 1
+    while n * 2 <= MAX_BLOCKS and n_slots // (n * 2) >= MIN_PAIRS_PER_BLOCK:
+        n *= 2
+    return n if n_slots >= MIN_PAIRS_PER_BLOCK else 0
+
+
+@njit(cache=True, nogil=True)
+def _fisher(n: float, sxy: float, sxx: float, syy: float) -> float:
+    """Fisher z of the block's correlation times sqrt(pairs - 3); 0 (no evidence) when a
+    side did not move or the block is too short."""
+    if n <= 3.0 or sxx <= 0.0 or syy <= 0.0:
+        return 0.0
+    r = sxy / np.sqrt(sxx * syy)
+    r = min(max(r, -R_CLIP), R_CLIP)
+    return np.arctanh(r) * np.sqrt(n - 3.0)
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def balance_block_z(
+    matrix: np.ndarray,  # float32 [columns, intervals]
+    meters: np.ndarray,  # int64 [meters]: columns to score
+    residual_row: np.ndarray,  # int64 [meters]: row of `residual` of each meter's master, -1 none
+    residual: np.ndarray,  # float64 [masters, intervals]: the masters' unexplained energy
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    slot: np.ndarray,  # int64 [intervals]: slot of the local day
+    n_slots: int,
+    n_blocks: int,  # blocks_per_day(n_slots); 0: NaN everywhere
+    out: np.ndarray,  # float64 [meters, days] out: best standardised block sum; NaN without a master
+) -> None:
+    """Per meter and day, the balance localisation of the module docstring. The pair
+    (last reading of day d - 1, first of day d) belongs to day d's first block."""
+    n_days = day_bounds.shape[0] - 1
+    for j in prange(meters.shape[0]):
+        g = residual_row[j]
+        if g < 0 or n_blocks <= 0:
+            out[j, :] = np.nan
+            continue
+        row = matrix[meters[j]]
+        res = residual[g]
+        sums = np.zeros((n_blocks, 4))  # per block: pairs, dx*dr, dx*dx, dr*dr
+        worst = np.zeros((n_blocks, 3))  # per block: the most negative dx*dr, its dx*dx, dr*dr
+        fz = np.zeros(n_blocks)
+        for d in range(n_days):
+            a = day_bounds[d]
+            sums[:, :] = 0.0
+            worst[:, :] = 0.0
+            x0 = np.float64(row[a - 1]) if a > 0 else np.nan
+            r0 = res[a - 1] if a > 0 else np.nan
+            for t in range(a, day_bounds[d + 1]):
+                x = np.float64(row[t])
+                r = res[t]
+                if x == x and x0 == x0 and r == r and r0 == r0:
+                    b = slot[t] * n_blocks // n_slots
+                    dx = x - x0
+                    dr = r - r0
+                    sums[b, 0] += 1.0
+                    sums[b, 1] += dx * dr
+                    sums[b, 2] += dx * dx
+                    sums[b, 3] += dr * dr
+                    if dx * dr < worst[b, 0]:
+                        worst[b, 0] = dx * dr
+                        worst[b, 1] = dx * dx
+                        worst[b, 2] = dr * dr
+                x0 = x
+                r0 = r
+            for b in range(n_blocks):
+                if worst[b, 0] < 0.0:  # leave out the block's most contrary pair
+                    fz[b] = _fisher(sums[b, 0] - 1.0, sums[b, 1] - worst[b, 0], sums[b, 2] - worst[b, 1],
+                                    sums[b, 3] - worst[b, 2])
+                else:
+                    fz[b] = _fisher(sums[b, 0], sums[b, 1], sums[b, 2], sums[b, 3])
+            best = -np.inf
+            acc = 0.0
+            length = 0
+            target = 1
+            for b in range(n_blocks - 1, -1, -1):  # windows of the last 1, 2, 4 ... blocks
+                acc += fz[b]
+                length += 1
+                if length == target:
+                    best = max(best, acc / np.sqrt(length))
+                    target *= 2
+            out[j, d] = best
+
+
+@njit(cache=True, nogil=True, parallel=True)
+def row_day_totals(
+    matrix: np.ndarray,  # float32 [columns, intervals]
+    rows: np.ndarray,  # int64 [n]: columns to total
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    out: np.ndarray,  # float64 [n, days] out: the day's sum; NaN when a reading is missing
+) -> None:
+    """Per listed row and local day, the sum of its readings (NaN if any is missing)."""
+    n_days = day_bounds.shape[0] - 1
+    for i in prange(rows.shape[0]):
+        row = matrix[rows[i]]
+        for d in range(n_days):
+            s = 0.0
+            for t in range(day_bounds[d], day_bounds[d + 1]):
+                s += np.float64(row[t])  # NaN propagates: a partial day is no total
+            out[i, d] = s
+
+
+__all__ = ["MAX_BLOCKS", "MIN_PAIRS_PER_BLOCK", "R_CLIP", "balance_block_z", "blocks_per_day", "row_day_totals"]
