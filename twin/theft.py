@@ -315,8 +315,9 @@ def theft_features(view: DetectView) -> TheftFeatures:
     if meters.size and n_days and (rrow >= 0).any():
         cleaned = _explain_away(view, meters, rrow, residual, pattern)
         bal = np.empty((meters.size, n_days))
-        kf.balance_block_z(view.matrix, meters, rrow, cleaned, cal.day_bounds, cal.slot, cal.n_slots,
-                           kf.blocks_per_day(cal.n_slots), bal)
+        n_blocks = kf.blocks_per_day(cal.n_slots)
+        kf.balance_block_z(view.matrix, meters, rrow, cleaned, cal.day_bounds,
+                           kf.block_of_interval(cal.slot, cal.n_slots, n_blocks), n_blocks, bal)
         raw[k.BAL_CORR] = bal
     bal = raw[k.BAL_CORR]
     med, mad = _by_group_median(bal, group)

@@ -335,7 +335,8 @@ def test_balance_block_z_matches_a_plain_reference(per_day: int) -> None:
     n_blocks = kf.blocks_per_day(cal.n_slots)
     assert n_blocks == {96: 8, 24: 2}[per_day]
     out = np.empty((3, n_days))
-    kf.balance_block_z(m, meters, rrow, res, cal.day_bounds, cal.slot, cal.n_slots, n_blocks, out)
+    kf.balance_block_z(m, meters, rrow, res, cal.day_bounds, kf.block_of_interval(cal.slot, cal.n_slots, n_blocks),
+                       n_blocks, out)
     ref = _reference_block_z(m, meters, rrow, res, per_day, n_blocks)
     assert np.allclose(out, ref, equal_nan=True, rtol=1e-9, atol=1e-12)
     assert np.isnan(out[1]).all()
