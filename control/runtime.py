@@ -433,14 +433,14 @@ class Platform:
         limit = now - 2 * self.world.interval_s
         for kind in (Kind.ELECTRIC_METER, Kind.WATER_METER):
             table = self.state.tables[kind]
-            stamps = table.stamps["reported"]
+            stamps, online = table.stamps["reported"], table.faces["reported"]["online"]
             for row, twin_id in enumerate(table.ids):
                 if stamps[row] and stamps[row] < limit:
                     alarm, new = self.alarms.raise_("offline", twin=twin_id, at=now, severity=Severity.WARNING,
                                                     evidence={"last_report_utc": int(stamps[row])})
                     if new:
                         self.alarm_changed(alarm, "raised")
-                elif stamps[row]:
+                elif stamps[row] and online[row]:  # a link that lost the twin just now keeps its alarm
                     cleared = self.alarms.clear_subject("offline", twin=twin_id, at=now)
                     if cleared is not None:
                         self.alarm_changed(cleared, "cleared")

@@ -209,6 +209,13 @@ def test_run_keeps_opcua_twins_in_sync_through_a_device_restart(tmp_path):
         run.wait_until(lambda: reported(M1)["online"] == 0 and reported(M2)["online"] == 0, "the twins offline")
         run.wait_until(lambda: alarm("offline", M1) is not None and alarm("offline", M2) is not None,
                        "offline alarms for both meters")
+        raised = {twin: alarm("offline", twin)["id"] for twin in (M1, M2)}
+        since = now()  # the periodic offline check (every two intervals) runs twice: the same alarms stay open
+        run.wait_until(lambda: now() >= since + 4 * 900, "two offline checks")
+        for twin in (M1, M2):
+            offline = run.get(f"/api/alarms?kind=offline&twin={twin}&include_cleared=true", admin).json()
+            assert [(a["id"], a["state"]) for a in offline] == [(raised[twin], "raised")], offline
+        assert reported(M1)["online"] == 0
         gateway.start(energy1=120.0, energy2=55.0)
         run.wait_until(lambda: reported(M1)["online"] == 1 and reported(M1)["energy_kwh"] == 120.0
                        and reported(M2)["energy_kwh"] == 55.0, "the twins back after the resubscription")
