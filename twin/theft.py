@@ -54,8 +54,11 @@ WINDOW = 28
 REF_STEP = 7
 #: Fewest days behind a block before it is compared with its past (else the start-up rule).
 MIN_REF = 5
-#: Least robust scale per feature (the z-score's floor), in the feature's units.
-FLOORS = {"drop": 0.05, "zero": 1.0, "cv": 0.15, "lag": 0.05, "shape": 0.05, "bal": 0.05}
+#: Least robust scale per feature (the z-score's floor), in the feature's units. BAL's is
+#: added in quadrature to its neighbours' spread: balance_block_z is about N(0, 1) for a
+#: meter whose moves are its own, so a day its neighbours happen to agree closely cannot
+#: make a small lead look large.
+FLOORS = {"drop": 0.05, "zero": 1.0, "cv": 0.15, "lag": 0.05, "shape": 0.05, "bal": 1.0}
 #: Weight of each pattern z in the maximum (1: as is).
 WEIGHTS = {"drop": 1.0, "zero": 1.0, "cv_high": 1.0, "cv_low": 1.0, "lag": 1.0, "shape": 1.0}
 #: A sub-daily day whose spread / mean is below this is flat (every reading the same: h5),
@@ -321,7 +324,8 @@ def theft_features(view: DetectView) -> TheftFeatures:
         raw[k.BAL_CORR] = bal
     bal = raw[k.BAL_CORR]
     med, mad = _by_group_median(bal, group)
-    z["bal"] = trailing_run(np.minimum((bal - med) / (1.4826 * mad + FLOORS["bal"]), BAL_CAP))
+    zb = (bal - med) / np.hypot(1.4826 * mad, FLOORS["bal"])
+    z["bal"] = trailing_run(np.minimum(zb, BAL_CAP))
     terms = [WEIGHTS[name] * z[name] for name in PATTERN]
     with np.errstate(invalid="ignore"):
         joint = np.where(z["bal"] > 0, (z["bal"] + np.maximum(np.nan_to_num(z["drop"]), 0.0)) / math.sqrt(2.0),
