@@ -45,6 +45,7 @@ FEATURES = ("total", "zero_hours", "cv", "lag1", "profile_corr", "balance_corr")
 #: A reading at or below this (kWh per interval) counts as "off" for ZERO_H.
 ZERO_KWH = 1e-4
 QUARTERS = 4
+_FAST = {"nsz", "arcp", "contract", "reassoc"}  # reassociate sums; keep NaN and inf semantics
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -131,7 +132,150 @@ def _corr(sxy: float, sxx: float, syy: float) -> float:
     return sxy / np.sqrt(sxx * syy)
 
 
-@njit(cache=True, nogil=True, parallel=True, fastmath={"nsz", "arcp", "contract", "reassoc"})
+@njit(cache=True, nogil=True)
+def regular_days(
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    slot: np.ndarray,  # int64 [intervals]
+    n_slots: int,
+) -> np.ndarray:  # bool [days]
+    """The days whose intervals are the slots 0 .. n_slots - 1 in order (every day but the
+    two DST days of a year, where a slot is missing or repeated): on those, slot i of day d
+    is interval day_bounds[d] + i, and the kernels take the branch-free, vectorised path."""
+    n_days = day_bounds.shape[0] - 1
+    out = np.zeros(n_days, dtype=np.bool_)
+    for d in range(n_days):
+        a = day_bounds[d]
+        if day_bounds[d + 1] - a != n_slots:
+            continue
+        same = True
+        for i in range(n_slots):
+            if slot[a + i] != i:
+                same = False
+                break
+        out[d] = same
+    return out
+
+
+# The day sums of meter_day_features: (readings, readings at or below ZERO_KWH, sum, sum of
+# squares, pairs of consecutive readings, pairs of them both at or below ZERO_KWH, and the
+# pairs' sums of x_prev, x and x_prev * x); counts as floats, so the loops vectorise.
+_DaySums = tuple[float, float, float, float, float, float, float, float, float]
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _day_sums_regular(row: np.ndarray, a: int, n_slots: int, cum: np.ndarray, prev_cum: np.ndarray,
+                      cnt: np.ndarray, prev_cnt: np.ndarray) -> _DaySums:
+    """The day sums over a regular day starting at interval a, branch-free (a missing
+    reading adds 0 with weight 0); cum and cnt become prev_cum and prev_cnt plus the day,
+    slot by slot."""
+    x = np.float64(row[a])
+    ok1 = x == x
+    c1 = x if ok1 else 0.0
+    o1 = 1.0 if ok1 else 0.0
+    z1 = 1.0 if x <= ZERO_KWH else 0.0
+    n = o1
+    nz = z1
+    s1 = c1
+    s2 = c1 * c1
+    cum[0] = prev_cum[0] + c1
+    cnt[0] = prev_cnt[0] + o1
+    pn = zz = p0 = p1 = p01 = 0.0
+    for i in range(1, n_slots):
+        x0 = np.float64(row[a + i - 1])
+        x = np.float64(row[a + i])
+        ok0 = x0 == x0
+        ok1 = x == x
+        c0 = x0 if ok0 else 0.0
+        c1 = x if ok1 else 0.0
+        o0 = 1.0 if ok0 else 0.0
+        o1 = 1.0 if ok1 else 0.0
+        z1 = 1.0 if x <= ZERO_KWH else 0.0
+        n += o1
+        nz += z1
+        s1 += c1
+        s2 += c1 * c1
+        cum[i] = prev_cum[i] + c1
+        cnt[i] = prev_cnt[i] + o1
+        pn += o0 * o1
+        zz += (1.0 if x0 <= ZERO_KWH else 0.0) * z1
+        p0 += c0 * o1
+        p1 += c1 * o0
+        p01 += c0 * c1
+    return n, nz, s1, s2, pn, zz, p0, p1, p01
+
+
+@njit(cache=True, nogil=True)
+def _day_sums_any(row: np.ndarray, a: int, b: int, slot: np.ndarray, cum: np.ndarray, prev_cum: np.ndarray,
+                  cnt: np.ndarray, prev_cnt: np.ndarray) -> _DaySums:
+    """The same over any day (a DST day), through the slot map."""
+    cum[:] = prev_cum
+    cnt[:] = prev_cnt
+    n = nz = s1 = s2 = pn = zz = p0 = p1 = p01 = 0.0
+    for t in range(a, b):
+        x = np.float64(row[t])
+        if x == x:
+            n += 1.0
+            nz += 1.0 if x <= ZERO_KWH else 0.0
+            s1 += x
+            s2 += x * x
+            k = slot[t]
+            cum[k] += x
+            cnt[k] += 1.0
+            if t > a:
+                x0 = np.float64(row[t - 1])
+                if x0 == x0:
+                    pn += 1.0
+                    zz += 1.0 if x0 <= ZERO_KWH and x <= ZERO_KWH else 0.0
+                    p0 += x0
+                    p1 += x
+                    p01 += x0 * x
+    return n, nz, s1, s2, pn, zz, p0, p1, p01
+
+
+_CorrSums = tuple[float, float, float, float, float, float]
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _profile_sums_regular(row: np.ndarray, a: int, n_slots: int, ref: np.ndarray) -> _CorrSums:
+    """(pairs, sum x, sum y, sum x^2, sum y^2, sum xy) of a regular day's readings x against
+    ref y, slot by slot, over the slots where both are known; branch-free."""
+    m = sx = sy = sxx = syy = sxy = 0.0
+    for i in range(n_slots):
+        x = np.float64(row[a + i])
+        y = ref[i]
+        okx = x == x
+        oky = y == y
+        cx = x if okx else 0.0
+        ox = 1.0 if okx else 0.0
+        cy = y if oky else 0.0
+        oy = 1.0 if oky else 0.0
+        m += ox * oy
+        sx += cx * oy
+        sy += cy * ox
+        sxx += cx * cx * oy
+        syy += cy * cy * ox
+        sxy += cx * cy
+    return m, sx, sy, sxx, syy, sxy
+
+
+@njit(cache=True, nogil=True)
+def _profile_sums_any(row: np.ndarray, a: int, b: int, slot: np.ndarray, ref: np.ndarray) -> _CorrSums:
+    """The same over any day, through the slot map."""
+    m = sx = sy = sxx = syy = sxy = 0.0
+    for t in range(a, b):
+        x = np.float64(row[t])
+        y = ref[slot[t]]
+        if x == x and y == y:
+            m += 1.0
+            sx += x
+            sy += y
+            sxx += x * x
+            syy += y * y
+            sxy += x * y
+    return m, sx, sy, sxx, syy, sxy
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
 def meter_day_features(
     matrix: np.ndarray,  # float32 [columns, intervals]
     meters: np.ndarray,  # int64 [meters]: columns to score
@@ -144,84 +288,88 @@ def meter_day_features(
 ) -> None:
     """The pattern features of the module docstring for every meter and local day: one
     pass over each day's readings for all but PROFILE_CORR, which re-reads the day (in
-    cache) against the mean day kept as running sums."""
+    cache) against the mean day kept as running sums.
+
+    Speed: on a regular day (`regular_days`) both passes are branch-free and vectorise; the
+    longest off run is counted only on a day with two readings in a row at or below
+    ZERO_KWH (on any other it is 1 or 0, from the count)."""
     n_days = day_bounds.shape[0] - 1
     sub_daily = n_slots > 1
-    for j in prange(meters.shape[0]):
-        row = matrix[meters[j]]
+    regular = regular_days(day_bounds, slot, n_slots)
+    n_rows = meters.shape[0]
+    chunk = 16  # meters per task: one set of buffers each
+    for c in prange((n_rows + chunk - 1) // chunk):
         prof = np.zeros((n_days + 1, n_slots))  # cumulative day profiles (NaN as 0)
         seen = np.zeros((n_days + 1, n_slots))  # cumulative counts of readings
         ref = np.empty(n_slots)
-        for d in range(n_days):
-            a = day_bounds[d]
-            b = day_bounds[d + 1]
-            n = 0
-            s1 = s2 = 0.0
-            pn = 0  # pairs of consecutive readings: sums of x_prev, x, x_prev * x
-            p0 = p1 = p01 = 0.0
-            run = 0
-            longest = 0
-            cum = prof[d + 1]
-            cnt = seen[d + 1]
-            cum[:] = prof[d]
-            cnt[:] = seen[d]
-            x0 = np.float64(row[a - 1]) if a > 0 else np.nan
-            for t in range(a, b):
-                x = np.float64(row[t])
-                if x == x:
-                    n += 1
-                    s1 += x
-                    s2 += x * x
-                    run = run + 1 if x <= ZERO_KWH else 0
-                    longest = max(longest, run)
-                    k = slot[t]
-                    cum[k] += x
-                    cnt[k] += 1.0
-                    if x0 == x0 and t > a:
-                        pn += 1
-                        p0 += x0
-                        p1 += x
-                        p01 += x0 * x
+        for j in range(c * chunk, min(n_rows, (c + 1) * chunk)):
+            row = matrix[meters[j]]
+            for d in range(n_days):
+                a = day_bounds[d]
+                b = day_bounds[d + 1]
+                if regular[d]:
+                    n, nz, s1, s2, pn, zz, p0, p1, p01 = _day_sums_regular(row, a, n_slots, prof[d + 1], prof[d],
+                                                                           seen[d + 1], seen[d])
                 else:
+                    n, nz, s1, s2, pn, zz, p0, p1, p01 = _day_sums_any(row, a, b, slot, prof[d + 1], prof[d],
+                                                                       seen[d + 1], seen[d])
+                longest = min(nz, 1.0)
+                if zz > 0.0:  # two off readings in a row: find the longest run
                     run = 0
-                x0 = x
-            out[TOTAL, j, d] = s1
-            out[ZERO_H, j, d] = longest * interval_h
-            out[CV, j, d] = np.nan
-            out[LAG1, j, d] = np.nan
-            if sub_daily and n >= 3:
-                mean = s1 / n
-                var = s2 / n - mean * mean
-                out[CV, j, d] = np.sqrt(max(var, 0.0)) / mean if mean > 0.0 else np.nan
-                if var > 1e-12 and pn > 0:  # lag-1 covariance about the day's mean, from the pair sums
-                    lag_cov = (p01 - mean * (p0 + p1) + pn * mean * mean) / pn
-                    out[LAG1, j, d] = lag_cov / var
-        for d in range(n_days):
-            # own mean day over the window before d (the first days: the days after, up to window)
-            lo = max(0, d - window)
-            hi = d
-            if d < 3:
-                lo = d + 1
-                hi = min(n_days, d + 1 + window)
-            out[PROFILE_CORR, j, d] = np.nan
-            if sub_daily and hi > lo:
+                    for t in range(a, b):
+                        run = run + 1 if row[t] <= ZERO_KWH else 0
+                        longest = max(longest, run)
+                out[TOTAL, j, d] = s1
+                out[ZERO_H, j, d] = longest * interval_h
+                out[CV, j, d] = np.nan
+                out[LAG1, j, d] = np.nan
+                if sub_daily and n >= 3.0:
+                    mean = s1 / n
+                    var = s2 / n - mean * mean
+                    out[CV, j, d] = np.sqrt(max(var, 0.0)) / mean if mean > 0.0 else np.nan
+                    if var > 1e-12 and pn > 0.0:  # lag-1 covariance about the day's mean, from the pair sums
+                        lag_cov = (p01 - mean * (p0 + p1) + pn * mean * mean) / pn
+                        out[LAG1, j, d] = lag_cov / var
+            for d in range(n_days):
+                # own mean day over the window before d (the first days: the days after, up to window)
+                lo = max(0, d - window)
+                hi = d
+                if d < 3:
+                    lo = d + 1
+                    hi = min(n_days, d + 1 + window)
+                out[PROFILE_CORR, j, d] = np.nan
+                if not (sub_daily and hi > lo):
+                    continue
+                ph = prof[hi]
+                pl = prof[lo]
+                sh = seen[hi]
+                sl = seen[lo]
                 for k in range(n_slots):
-                    c = seen[hi, k] - seen[lo, k]
-                    ref[k] = (prof[hi, k] - prof[lo, k]) / c if c > 0.0 else np.nan
-                m = 0
-                sx = sy = sxx = syy = sxy = 0.0
-                for t in range(day_bounds[d], day_bounds[d + 1]):
-                    x = np.float64(row[t])
-                    y = ref[slot[t]]
-                    if x == x and y == y:
-                        m += 1
-                        sx += x
-                        sy += y
-                        sxx += x * x
-                        syy += y * y
-                        sxy += x * y
-                if m >= 3:
+                    cc = sh[k] - sl[k]
+                    ref[k] = (ph[k] - pl[k]) / cc if cc > 0.0 else np.nan
+                if regular[d]:
+                    m, sx, sy, sxx, syy, sxy = _profile_sums_regular(row, day_bounds[d], n_slots, ref)
+                else:
+                    m, sx, sy, sxx, syy, sxy = _profile_sums_any(row, day_bounds[d], day_bounds[d + 1], slot, ref)
+                if m >= 3.0:
                     out[PROFILE_CORR, j, d] = _corr(sxy - sx * sy / m, sxx - sx * sx / m, syy - sy * sy / m)
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _diff_sums(row: np.ndarray, res: np.ndarray, lo: int, hi: int) -> tuple[float, float, float]:
+    """(sum dx*dr, dx*dx, dr*dr) over t in [lo, hi) of the first differences dx = row[t] -
+    row[t - 1], dr = res[t] - res[t - 1] where all four readings are known; branch-free."""
+    sxy = sxx = syy = 0.0
+    for t in range(lo, hi):
+        dx = np.float64(row[t]) - np.float64(row[t - 1])
+        dr = res[t] - res[t - 1]
+        ok = (dx == dx) & (dr == dr)
+        cx = dx if ok else 0.0
+        cr = dr if ok else 0.0
+        sxy += cx * cr
+        sxx += cx * cx
+        syy += cr * cr
+    return sxy, sxx, syy
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -237,51 +385,65 @@ def balance_corr(
 ) -> None:
     """BAL_CORR of the module docstring: per meter and day, the best correlation of first
     differences (meter against its master's residual) over the four whole-day windows of
-    quarters ending in a quarter of that day."""
+    quarters ending in a quarter of that day.
+
+    Speed: on a regular day (`regular_days`) each quarter is a run of intervals, summed
+    branch-free (vectorised); other days go reading by reading through the slot map."""
     n_days = day_bounds.shape[0] - 1
-    for j in prange(meters.shape[0]):
-        rrow = residual_row[j]
-        if n_slots <= 1 or rrow < 0:
-            out[j, :] = np.nan
-            continue
-        row = matrix[meters[j]]
-        res = residual[rrow]
+    regular = regular_days(day_bounds, slot, n_slots)
+    n_rows = meters.shape[0]
+    chunk = 16  # meters per task: one buffer each
+    for c in prange((n_rows + chunk - 1) // chunk):
         qs = np.zeros((n_days, QUARTERS, 3))  # per quarter: sum dx*dr, dx*dx, dr*dr
-        for d in range(n_days):
-            a = day_bounds[d]
-            x0 = np.float64(row[a - 1]) if a > 0 else np.nan
-            r0 = res[a - 1] if a > 0 else np.nan
-            for t in range(a, day_bounds[d + 1]):
-                x = np.float64(row[t])
-                r = res[t]
-                if x == x and x0 == x0 and r == r and r0 == r0:
-                    q = slot[t] * QUARTERS // n_slots
-                    dx = x - x0
-                    dr = r - r0
-                    qs[d, q, 0] += dx * dr
-                    qs[d, q, 1] += dx * dx
-                    qs[d, q, 2] += dr * dr
-                x0 = x
-                r0 = r
-        for d in range(n_days):
-            best = np.nan
-            for q_end in range(QUARTERS):
-                sxy = sxx = syy = 0.0
-                for back in range(QUARTERS):  # quarters q_end - 3 .. q_end, reaching into day d - 1
-                    qq = q_end - back
-                    dd = d
-                    if qq < 0:
-                        qq += QUARTERS
-                        dd -= 1
-                    if dd < 0:
-                        continue
-                    sxy += qs[dd, qq, 0]
-                    sxx += qs[dd, qq, 1]
-                    syy += qs[dd, qq, 2]
-                r = _corr(sxy, sxx, syy)
-                if r == r and not r <= best:
-                    best = r
-            out[j, d] = best
+        for j in range(c * chunk, min(n_rows, (c + 1) * chunk)):
+            rrow = residual_row[j]
+            if n_slots <= 1 or rrow < 0:
+                out[j, :] = np.nan
+                continue
+            row = matrix[meters[j]]
+            res = residual[rrow]
+            qs[:] = 0.0
+            for d in range(n_days):
+                a = day_bounds[d]
+                if regular[d]:
+                    for q in range(QUARTERS):  # slot i is in quarter i * QUARTERS // n_slots
+                        lo = max(a + (q * n_slots + QUARTERS - 1) // QUARTERS, 1)
+                        hi = a + ((q + 1) * n_slots + QUARTERS - 1) // QUARTERS
+                        qs[d, q, 0], qs[d, q, 1], qs[d, q, 2] = _diff_sums(row, res, lo, hi)
+                    continue
+                x0 = np.float64(row[a - 1]) if a > 0 else np.nan
+                r0 = res[a - 1] if a > 0 else np.nan
+                for t in range(a, day_bounds[d + 1]):
+                    x = np.float64(row[t])
+                    r = res[t]
+                    if x == x and x0 == x0 and r == r and r0 == r0:
+                        q = slot[t] * QUARTERS // n_slots
+                        dx = x - x0
+                        dr = r - r0
+                        qs[d, q, 0] += dx * dr
+                        qs[d, q, 1] += dx * dx
+                        qs[d, q, 2] += dr * dr
+                    x0 = x
+                    r0 = r
+            for d in range(n_days):
+                best = np.nan
+                for q_end in range(QUARTERS):
+                    sxy = sxx = syy = 0.0
+                    for back in range(QUARTERS):  # quarters q_end - 3 .. q_end, reaching into day d - 1
+                        qq = q_end - back
+                        dd = d
+                        if qq < 0:
+                            qq += QUARTERS
+                            dd -= 1
+                        if dd < 0:
+                            continue
+                        sxy += qs[dd, qq, 0]
+                        sxx += qs[dd, qq, 1]
+                        syy += qs[dd, qq, 2]
+                    r = _corr(sxy, sxx, syy)
+                    if r == r and not r <= best:
+                        best = r
+                out[j, d] = best
 
 
 @njit(cache=True, nogil=True)
@@ -372,18 +534,89 @@ def clean_residual(
 
 
 @njit(cache=True, nogil=True)
-def _median_sorting(buf: np.ndarray, n: int) -> float:
-    """Median of buf[:n], sorting it in place (insertion sort: n is a few dozen here, and
-    np.median would allocate a copy per call)."""
-    for i in range(1, n):
-        v = buf[i]
-        m = i - 1
-        while m >= 0 and buf[m] > v:
-            buf[m + 1] = buf[m]
-            m -= 1
-        buf[m + 1] = v
+def _sorted_insert(buf: np.ndarray, n: int, v: float) -> int:
+    """Insert v into the sorted buf[:n]; the new length."""
+    m = n - 1
+    while m >= 0 and buf[m] > v:
+        buf[m + 1] = buf[m]
+        m -= 1
+    buf[m + 1] = v
+    return n + 1
+
+
+@njit(cache=True, nogil=True)
+def _sorted_remove(buf: np.ndarray, n: int, v: float) -> int:
+    """Remove one value equal to v from the sorted buf[:n] (it must be there); the new length."""
+    lo, hi = 0, n  # first index with buf[i] >= v
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if buf[mid] < v:
+            lo = mid + 1
+        else:
+            hi = mid
+    for i in range(lo, n - 1):
+        buf[i] = buf[i + 1]
+    return n - 1
+
+
+@njit(cache=True, nogil=True)
+def _sorted_median_mad(buf: np.ndarray, n: int) -> tuple[float, float]:
+    """(median, median absolute deviation) of the sorted buf[:n], n >= 1, without sorting the
+    deviations: those below the median and those above it are each already in order, so the
+    middle of both is found by merging the two runs outwards from the median."""
     h = n // 2
-    return buf[h] if n % 2 else 0.5 * (buf[h - 1] + buf[h])
+    med = buf[h] if n % 2 else 0.5 * (buf[h - 1] + buf[h])
+    hi = 0  # first index with buf[hi] >= med: the deviations above run up from it, those below down from hi - 1
+    while hi < n and buf[hi] < med:
+        hi += 1
+    lo = hi - 1
+    prev = 0.0
+    cur = 0.0
+    for _ in range(h + 1):  # the h-th smallest deviation (and the one before it)
+        prev = cur
+        if lo < 0 or (hi < n and buf[hi] - med <= med - buf[lo]):
+            cur = buf[hi] - med
+            hi += 1
+        else:
+            cur = med - buf[lo]
+            lo -= 1
+    return med, (cur if n % 2 else 0.5 * (prev + cur))
+
+
+@njit(cache=True, nogil=True)
+def _merge_in(win: np.ndarray, n: int, new: np.ndarray, m: int) -> int:
+    """Merge the sorted new[:m] into the sorted win[:n] (room for n + m), from the back;
+    the new length."""
+    i = n - 1
+    j = m - 1
+    w = n + m - 1
+    while j >= 0:
+        if i >= 0 and win[i] > new[j]:
+            win[w] = win[i]
+            i -= 1
+        else:
+            win[w] = new[j]
+            j -= 1
+        w -= 1
+    return n + m
+
+
+@njit(cache=True, nogil=True)
+def _robust_ref(buf: np.ndarray, n: int, floor: float) -> tuple[float, float]:
+    """(median, 1.4826 MAD + floor) of the sorted buf[:n]; NaN for both below 3 values."""
+    if n < 3:
+        return np.nan, np.nan
+    med, mad = _sorted_median_mad(buf, n)
+    return med, 1.4826 * mad + floor
+
+
+@njit(cache=True, nogil=True)
+def _z_block(values: np.ndarray, j: int, a: int, b: int, med: float, scale: float, out: np.ndarray,
+             median_out: np.ndarray) -> None:
+    for d in range(a, b):
+        x = values[j, d]
+        median_out[j, d] = med if x == x else np.nan
+        out[j, d] = (x - med) / scale if x == x else np.nan
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -403,36 +636,106 @@ def trailing_robust_z(
     per block, not per day: a week's reference is the month before it). A block with fewer
     than `min_ref` values behind it (the first week) is compared with the first `window`
     days of the view, itself included: the start-up rule. NaN values are skipped; fewer
-    than 3 reference values give NaN."""
-    n_days = values.shape[1]
-    for j in prange(values.shape[0]):
-        ref = np.empty(max(window, n_days, 1))
-        dev = np.empty(max(window, n_days, 1))
-        for s in range(0, n_days, step):
+    than 3 reference values give NaN.
+
+    Speed: the reference days are kept sorted as the window slides (a block merges in its
+    days, sorted, and drops those that left the window), so a median is read, not sorted
+    for, and the MAD comes from merging the deviations below and above it, which are
+    already in order. The start-up reference is the window of a later block when one holds
+    exactly the first `window` days (it does on a month), so it is not sorted again."""
+    n_rows, n_days = values.shape
+    size = max(window, n_days, 1)
+    w0 = min(window, n_days)
+    chunk = 64  # rows per task: one set of buffers each
+    for c in prange((n_rows + chunk - 1) // chunk):
+        win = np.empty(size)  # the window's values, days [lo, hi), NaN skipped, sorted
+        first = np.empty(size)  # the start-up reference: days [0, w0), sorted
+        batch = np.empty(size)
+        for j in range(c * chunk, min(n_rows, (c + 1) * chunk)):
             n = 0
-            for k in range(max(0, s - window), s):
-                v = values[j, k]
-                if v == v:
-                    ref[n] = v
-                    n += 1
-            if n < min_ref:
-                n = 0
-                for k in range(min(window, n_days)):
+            n_first = -1  # not known yet
+            lo = 0
+            hi = 0
+            short = False
+            for s in range(0, n_days, step):
+                new_lo = max(0, s - window)
+                if new_lo >= hi:  # no overlap with the window before: start again
+                    n = 0
+                    lo = hi = new_lo
+                for k in range(lo, new_lo):
                     v = values[j, k]
                     if v == v:
-                        ref[n] = v
-                        n += 1
-            med = np.nan
-            scale = np.nan
-            if n >= 3:
-                med = _median_sorting(ref, n)
-                for k in range(n):
-                    dev[k] = abs(ref[k] - med)
-                scale = 1.4826 * _median_sorting(dev, n) + floor
-            for d in range(s, min(s + step, n_days)):
-                x = values[j, d]
-                median_out[j, d] = med if x == x else np.nan
-                out[j, d] = (x - med) / scale if x == x else np.nan
+                        n = _sorted_remove(win, n, v)
+                m = 0
+                for k in range(hi, s):
+                    v = values[j, k]
+                    if v == v:
+                        m = _sorted_insert(batch, m, v)
+                n = _merge_in(win, n, batch, m)
+                lo = new_lo
+                hi = s
+                if lo == 0 and hi == w0 and n_first < 0:
+                    first[:n] = win[:n]
+                    n_first = n
+                if n < min_ref:
+                    short = True  # scored below, against the start-up reference
+                    continue
+                med, scale = _robust_ref(win, n, floor)
+                _z_block(values, j, s, min(s + step, n_days), med, scale, out, median_out)
+            if not short:
+                continue
+            if n_first < 0:
+                n_first = 0
+                for k in range(w0):
+                    v = values[j, k]
+                    if v == v:
+                        n_first = _sorted_insert(first, n_first, v)
+            med, scale = _robust_ref(first, n_first, floor)
+            for s in range(0, n_days, step):
+                n = 0
+                for k in range(max(0, s - window), s):
+                    n += values[j, k] == values[j, k]
+                if n < min_ref:
+                    _z_block(values, j, s, min(s + step, n_days), med, scale, out, median_out)
+
+
+@njit(cache=True, nogil=True)
+def _kth(part: np.ndarray, n: int, k: int) -> float:
+    """The k-th smallest of part[:n] (0-based), reordering it so that part[:k] holds the k
+    smallest (Hoare's quickselect; a median of some 100 peers in O(n), not a sort)."""
+    lo, hi = 0, n - 1
+    while hi > lo:
+        pivot = part[(lo + hi) // 2]
+        i, m = lo, hi
+        while i <= m:
+            while part[i] < pivot:
+                i += 1
+            while part[m] > pivot:
+                m -= 1
+            if i <= m:
+                part[i], part[m] = part[m], part[i]
+                i += 1
+                m -= 1
+        if k <= m:
+            hi = m
+        elif k >= i:
+            lo = i
+        else:
+            break
+    return part[k]
+
+
+@njit(cache=True, nogil=True)
+def _median_select(buf: np.ndarray, n: int) -> float:
+    """Median of buf[:n], n >= 1, reordering it (quickselect; the same value as sorting)."""
+    h = n // 2
+    upper = _kth(buf, n, h)
+    if n % 2:
+        return upper
+    lower = buf[0]
+    for i in range(1, h):  # after the select, the next order statistic down is the largest of buf[:h]
+        lower = max(lower, buf[i])
+    return 0.5 * (lower + upper)
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -461,10 +764,10 @@ def group_median_mad(
             med = np.nan
             mad = np.nan
             if n:
-                med = _median_sorting(buf, n)
+                med = _median_select(buf, n)
                 for k in range(n):
                     dev[k] = abs(buf[k] - med)
-                mad = _median_sorting(dev, n)
+                mad = _median_select(dev, n)
             for k in range(a, b):
                 median_out[group_rows[k], d] = med
                 mad_out[group_rows[k], d] = mad
