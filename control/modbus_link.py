@@ -32,7 +32,7 @@ import logging
 import threading
 from collections import deque
 from collections.abc import Callable, Collection, Coroutine, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -42,7 +42,7 @@ import numpy as np
 from control.intervals import IntervalBuilder
 from devices.modbus.collector import Collector, CycleStats, Target, WriteOutcome, targets_for
 from devices.modbus.emulator import Emulator, Source
-from devices.modbus.layout import layout
+from devices.modbus.layout import Gateway, layout
 from scenarios.schema import ModbusSource
 from twin.model import Kind, Site
 from twin.state import FleetState
@@ -132,12 +132,18 @@ class ModbusLink:
         self.own_world = own_world
         self.tls_dir = Path(tls_dir) if tls_dir else None
         hardware = {s.twin for s in sources} | set(elsewhere)
-        self.gateways = [g for g in layout(_without(site, hardware), per_gateway) if g.units]
+        # the whole site's layout, as a separate emulate of this scenario serves it; twins polled
+        # elsewhere are taken off their units, so every other unit keeps its gateway and unit id
+        full = layout(site, per_gateway)
         self.addresses = list(addresses or [])
-        if self.addresses and len(self.addresses) != len(self.gateways):
-            listed = ", ".join(f"{g.name} ({len(g.units)} units)" for g in self.gateways)
+        if self.addresses and len(self.addresses) != len(full):
+            listed = ", ".join(f"{g.name} ({len(g.units)} units)" for g in full)
             raise ValueError(f"--gateways gives {len(self.addresses)} addresses but the layout has "
-                             f"{len(self.gateways)} gateways: {listed}")
+                             f"{len(full)} gateways: {listed}")
+        served = [_without(g, hardware) for g in full]
+        if self.addresses:
+            self.addresses = [a for g, a in zip(served, self.addresses, strict=True) if g.units]
+        self.gateways = [g for g in served if g.units]
         self.sources = list(sources)
         self.valves = {t.valve_of: t.id for t in site.twins if t.kind is Kind.VALVE and t.valve_of}
         self.builder = IntervalBuilder(list(columns), interval_s)
@@ -372,10 +378,10 @@ class ModbusDevice:
             loop.call_soon_threadsafe(link._spawn, link.write(twin_id, field, value))
 
 
-def _without(site: Site, twins: set[str]) -> Site:
-    """The site with some twins left out (they are polled at their own addresses)."""
+def _without(gateway: Gateway, twins: set[str]) -> Gateway:
+    """A gateway without the units of twins polled elsewhere (a valve polled elsewhere leaves
+    its meter's unit; a meter polled elsewhere takes its valve along)."""
     if not twins:
-        return site
-    from dataclasses import replace
-
-    return replace(site, twins=[t for t in site.twins if t.id not in twins and t.valve_of not in twins])
+        return gateway
+    units = tuple(replace(u, valve=None) if u.valve in twins else u for u in gateway.units if u.twin not in twins)
+    return replace(gateway, units=units)

@@ -12,9 +12,13 @@ from typing import Any
 import numpy as np
 from asyncua import Server, ua
 
+from control.modbus_link import GatewayAddress, ModbusLink
+from devices.modbus.layout import layout
+from scenarios.loader import load_scenario_text
 from tests.control.test_run_http import Running, make_key
 from tests.support import free_tcp_port
 from twin.history import open_history
+from twin.state import FleetState
 
 SCENARIO = """\
 [site]
@@ -274,3 +278,23 @@ def test_run_keeps_opcua_twins_in_sync_through_a_device_restart(tmp_path):
     assert abs(float(used1.sum()) - (220.0 - 100.0)) < 1e-3  # every kWh the device counted, once
     assert abs(float(used2.sum()) - (55.0 - 50.0)) < 1e-3
     assert np.count_nonzero(used1 == 0) >= 2  # intervals without a change: 0, not missing
+
+
+def test_twins_from_opcua_leave_the_modbus_layout_in_place():
+    """Polling a separate emulate's gateways, the platform leaves out the units of OPC UA
+    twins (and the valve of one, from its meter's unit) and polls every other unit at the
+    gateway and unit id the emulator serves it on; a gateway left empty is not polled."""
+    site = load_scenario_text(SCENARIO.replace("PORT", "4840"), "sources.toml").site
+    full = layout(site, per_gateway=1)  # what `metertwin emulate --per-gateway 1` serves
+    addresses = [GatewayAddress("127.0.0.1", 5020 + n) for n in range(len(full))]
+    elsewhere = {M1, M2, "B01-02-01.vl"}
+    link = ModbusLink(site, FleetState.from_site(site), [t.id for t in site.twins], 900, lambda: 0.0,
+                      addresses=addresses, per_gateway=1, elsewhere=elsewhere)
+    emulated = {u.twin: (g.name, u.unit_id, u.valve) for g in full for u in g.units}
+    polled = {u.twin: (g.name, u.unit_id, u.valve) for g in link.gateways for u in g.units}
+    assert polled == {twin: (name, unit, None if valve in elsewhere else valve)
+                      for twin, (name, unit, valve) in emulated.items() if twin not in elsewhere}
+    assert emulated["B01-02-01.wm"][2] == "B01-02-01.vl" and polled["B01-02-01.wm"][2] is None
+    ports = {g.name: a.port for g, a in zip(full, addresses, strict=True)}
+    assert [(t.gateway.name, t.port) for t in link.targets()] == [(g.name, ports[g.name]) for g in link.gateways]
+    assert len(link.gateways) == len(full) - 2
