@@ -298,3 +298,41 @@ def test_twins_from_opcua_leave_the_modbus_layout_in_place():
     ports = {g.name: a.port for g, a in zip(full, addresses, strict=True)}
     assert [(t.gateway.name, t.port) for t in link.targets()] == [(g.name, ports[g.name]) for g in link.gateways]
     assert len(link.gateways) == len(full) - 2
+
+
+def test_a_trip_asked_while_the_device_is_away_is_carried_out_after_a_platform_restart(tmp_path):
+    """A trip on an OPC UA twin whose device is gone stays sent (the write waits for the
+    link); the platform stops with it open; restarted once the device is back, it sends the
+    command again, the Trip method runs and the read-back confirms it."""
+    port = free_tcp_port()
+    gateway = Gateway(port)
+    gateway.start(energy1=10.0, energy2=5.0)
+    scenario = tmp_path / "opcua-sources.toml"
+    scenario.write_text(SCENARIO.replace("PORT", str(port)))
+    data = tmp_path / "data"
+    run = None
+    try:
+        run = Running(scenario, data, "--poll", "0.5")
+        admin = (data / "admin.key").read_text().strip()
+        run.wait_until(lambda: run.get(f"/api/twins/{M1}", admin).json()["reported"]["energy_kwh"] == 10.0,
+                       "the meter in sync")
+        gateway.stop()
+        run.wait_until(lambda: run.get(f"/api/twins/{M1}", admin).json()["reported"]["online"] == 0,
+                       "the meter offline")
+        trip = run.post("/api/commands", {"twin": M1, "action": "relay_open", "deadline_s": 86400}, admin).json()
+        assert run.get(f"/api/commands/{trip['id']}", admin).json()["state"] == "sent"
+        assert run.stop() == 0
+        run = None
+        gateway.start(energy1=10.0, energy2=5.0)
+        assert gateway.value("Meter1.Relay") is True
+        run = Running(scenario, data, "--poll", "0.5")
+        run.wait_until(lambda: run.get(f"/api/commands/{trip['id']}", admin).json()["state"] != "sent",
+                       "the resumed trip to end")
+        ended = run.get(f"/api/commands/{trip['id']}", admin).json()
+        assert ended["state"] == "confirmed", ended
+        assert [e["state"] for e in ended["events"]] == ["created", "sent", "sent", "confirmed"]
+        assert gateway.value("Meter1.Relay") is False
+    finally:
+        if run is not None:
+            assert run.stop() == 0
+        gateway.close()
