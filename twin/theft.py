@@ -23,8 +23,10 @@ ground truth):
 3. The theft score is the largest of: each pattern z (DROP, ZERO, CV_HIGH, CV_LOW, LAG,
    SHAPE) times its weight in `WEIGHTS`, and the joint balance evidence
    `(BAL + max(DROP, 0)) / sqrt(2)` when BAL is above 0 (a share of the load stolen shows
-   both as the meter explaining the loss and as its own total falling). The evidence line
-   names the feature that gave the score, with its figures.
+   both as the meter explaining the loss and as its own total falling), and the onset
+   evidence times `ONSET_WEIGHT` (a theft that starts in the day's last 3 hours: the
+   reading fell as the master's unexplained energy rose by about as much). The evidence
+   line names the term that gave the score, with its figures.
 
 At one reading a day only DROP and ZERO exist (and BAL when masters are kept, though it is
 not computed at daily resolution): h5 and h6 keep the day's total and cannot be seen.
@@ -80,6 +82,11 @@ WATER_BETA = 0.8
 WATER_EPS_M3 = 0.01
 WATER_GATE = 3.0
 
+#: Weight of the onset evidence (twin.kernels.theft_features, in [0, 1]) in the maximum:
+#: a reading that fell as the residual rose by as much, carrying all the residual's
+#: movement in the day's last 3 hours, scores 5.
+ONSET_WEIGHT = 5.0
+
 #: Most pattern suspects fitted out of one master-day's residual before localising.
 MAX_SUSPECTS = 4
 #: Longest run of trailing days whose mean z (times sqrt of its length) DROP and BAL take.
@@ -106,9 +113,9 @@ class TheftFeatures:
 
     meters: np.ndarray  #: int64 [meters]: columns scored
     raw: np.ndarray  #: float64 [6, meters, days]: twin.kernels.theft.FEATURES
-    z: dict[str, np.ndarray]  #: float64 [meters, days] per name in PATTERN plus "bal"
+    z: dict[str, np.ndarray]  #: float64 [meters, days] per name in PATTERN plus "bal" and "onset" (weighted)
     score: np.ndarray  #: float64 [meters, days]: the combined score
-    source: np.ndarray  #: int64 [meters, days]: which term gave it (index in PATTERN, 6: balance, -1 none)
+    source: np.ndarray  #: int64 [meters, days]: which term gave it (index in PATTERN, 6: balance, 7: onset, -1 none)
     loss_kwh: np.ndarray  #: float64 [meters, days]: the meter's master's unexplained energy that day (NaN none)
 
 
@@ -315,12 +322,13 @@ def theft_features(view: DetectView) -> TheftFeatures:
     z["lag"] = -_z(raw[k.LAG1], FLOORS["lag"])
     z["shape"] = -_z(raw[k.PROFILE_CORR], FLOORS["shape"])
     pattern = np.fmax.reduce([z[name] for name in ("zero", "cv_high", "cv_low", "lag", "shape")])
+    onset = np.full((meters.size, n_days), np.nan)
     if meters.size and n_days and (rrow >= 0).any():
         cleaned = _explain_away(view, meters, rrow, residual, pattern)
         bal = np.empty((meters.size, n_days))
         n_blocks = kf.blocks_per_day(cal.n_slots)
         kf.balance_block_z(view.matrix, meters, rrow, cleaned, cal.day_bounds,
-                           kf.block_of_interval(cal.slot, cal.n_slots, n_blocks), n_blocks, bal)
+                           kf.block_of_interval(cal.slot, cal.n_slots, n_blocks), n_blocks, bal, onset)
         raw[k.BAL_CORR] = bal
     bal = raw[k.BAL_CORR]
     med, mad = _by_group_median(bal, group)
@@ -332,7 +340,8 @@ def theft_features(view: DetectView) -> TheftFeatures:
                          np.nan)
     score = np.full_like(joint, -np.inf)
     source = np.full(joint.shape, -1, dtype=np.int64)
-    for i, term in enumerate(terms + [joint]):
+    z["onset"] = ONSET_WEIGHT * onset
+    for i, term in enumerate(terms + [joint, z["onset"]]):
         better = term > score  # NaN never is
         score = np.where(better, term, score)
         source[better] = i
@@ -364,6 +373,10 @@ def theft_scores(view: DetectView) -> dict[str, DayScores]:
             return (f"moves with its master's unexplained energy ({f.loss_kwh[j, day]:.2f} kWh that day): "
                     f"correlation {f.raw[k.BAL_CORR, j, day]:.2f}, z {f.z['bal'][j, day]:.1f} against its "
                     f"neighbours; total z {f.z['drop'][j, day]:.1f} below its usual; score {f.score[j, day]:.1f}")
+        if src == len(PATTERN) + 1:
+            return (f"fell as its master's unexplained energy rose by about as much, late in the day (the start of "
+                    f"under-reporting?): onset evidence {f.z['onset'][j, day] / ONSET_WEIGHT:.2f}; "
+                    f"score {f.score[j, day]:.1f}")
         name = PATTERN[src]
         what = {
             "drop": f"{base}, {f.z['drop'][j, day]:.1f} robust z below its own last {WINDOW} days",

@@ -292,9 +292,12 @@ def _reference_block_z(m: np.ndarray, meters: np.ndarray, rrow: np.ndarray, res:
                        n_blocks: int) -> np.ndarray:
     """balance_block_z written plainly: per block, without its most contrary pair, the
     Fisher z of the first differences' correlation times sqrt(pairs - 3), then the best sum
-    of the day's last 1, 2, 4 ... blocks over the square root of their number."""
+    of the day's last 1, 2, 4 ... blocks over the square root of their number; and the
+    onset evidence of the last block (the most contrary pair, when the reading fell as the
+    residual rose and the block's other pairs correlate positively: its share of the
+    block's dr^2 times the ratio of the smaller to the larger move). Returns [2, meters, days]."""
     n_days = m.shape[1] // per_day
-    out = np.full((meters.size, n_days), np.nan)
+    out = np.full((2, meters.size, n_days), np.nan)
     for j, c in enumerate(meters):
         if rrow[j] < 0:
             continue
@@ -307,6 +310,10 @@ def _reference_block_z(m: np.ndarray, meters: np.ndarray, rrow: np.ndarray, res:
                 ok = np.isfinite(x[t]) & np.isfinite(r[t])
                 xs, rs = x[t][ok], r[t][ok]
                 worst = int(np.argmin(xs * rs))
+                onset = 0.0
+                if xs[worst] < 0 < rs[worst]:
+                    onset = rs[worst] ** 2 / (rs * rs).sum() * np.sqrt(
+                        min(xs[worst] ** 2, rs[worst] ** 2) / max(xs[worst] ** 2, rs[worst] ** 2))
                 if xs[worst] * rs[worst] < 0:  # the block's most contrary pair is left out
                     xs, rs = np.delete(xs, worst), np.delete(rs, worst)
                 sxx, srr = (xs * xs).sum(), (rs * rs).sum()
@@ -315,7 +322,8 @@ def _reference_block_z(m: np.ndarray, meters: np.ndarray, rrow: np.ndarray, res:
                     continue
                 rho = np.clip((xs * rs).sum() / np.sqrt(sxx * srr), -kf.R_CLIP, kf.R_CLIP)
                 z.append(np.arctanh(rho) * np.sqrt(xs.size - 3))
-            out[j, d] = max(sum(z[n_blocks - n:]) / np.sqrt(n) for n in (1, 2, 4, 8) if n <= n_blocks)
+            out[1, j, d] = onset if z[-1] > 0 else 0.0  # the last block's, when its other moves agree
+            out[0, j, d] = max(sum(z[n_blocks - n:]) / np.sqrt(n) for n in (1, 2, 4, 8) if n <= n_blocks)
     return out
 
 
@@ -334,13 +342,14 @@ def test_balance_block_z_matches_a_plain_reference(per_day: int) -> None:
     cal = local_calendar(START, m.shape[1], 86400 // per_day, "Asia/Shanghai")
     n_blocks = kf.blocks_per_day(cal.n_slots)
     assert n_blocks == {96: 8, 24: 2}[per_day]
-    out = np.empty((3, n_days))
+    out = np.empty((2, 3, n_days))
     kf.balance_block_z(m, meters, rrow, res, cal.day_bounds, kf.block_of_interval(cal.slot, cal.n_slots, n_blocks),
-                       n_blocks, out)
+                       n_blocks, out[0], out[1])
     ref = _reference_block_z(m, meters, rrow, res, per_day, n_blocks)
     assert np.allclose(out, ref, equal_nan=True, rtol=1e-9, atol=1e-12)
-    assert np.isnan(out[1]).all()
-    assert (out[2] > out[0]).all()
+    assert np.isnan(out[:, 1]).all()
+    assert (out[0, 2] > out[0, 0]).all()
+    assert ((out[1, [0, 2]] >= 0) & (out[1, [0, 2]] <= 1)).all()
 
 
 def test_blocks_per_day_keeps_enough_pairs() -> None:
@@ -408,3 +417,18 @@ def test_the_rooms_water_excuses_a_day_at_home_less() -> None:
     for d in (20, 21):
         assert np.nanargmax(s[:10, d]) == 5
         assert s[2, d] < THRESHOLD
+
+
+def test_a_theft_that_starts_late_in_the_evening_is_seen_by_its_onset() -> None:
+    """A flat that starts reporting 40% of its load at 23:30 (two readings of theft in the
+    day): too few for a correlation, but its onset (its reading falls as the residual rises
+    by about as much, and the block's other moves agree) gives it the building's highest
+    score that day, with evidence saying so."""
+    view, _ = _building(factor=0.4)
+    honest, _ = _building(factor=1.0)
+    first, cut = 14 * 96, 14 * 96 + 94
+    view.matrix[4, first:cut] = honest.matrix[4, first:cut]
+    f = theft_features(view)
+    assert np.argmax(f.score[:, 14]) == 3 and f.source[3, 14] == 7
+    assert "unexplained energy rose" in theft_scores(view)["theft"].explain(4, 14)
+    assert f.z["onset"][3, 13] < 0.01  # the day before: nothing to speak of

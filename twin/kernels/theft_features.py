@@ -16,6 +16,15 @@ of its load. Leaving out each block's most contrary pair removes it, and blocks 
 other odd pair to one block. Windows end at the day's end because a theft that starts in
 the evening is a few blocks of the day, which a whole-day sum would bury.
 
+Onset evidence (`onset`): on the first day of a theft that begins in the day's last
+block (the last 3 hours), too few pairs follow the start for a correlation, but the start
+itself is plain: in the block's most contrary pair the reading falls and the residual
+rises by about the same energy, and that rise is most of the residual's movement in the
+block, and the block's other pairs agree (its Fisher z is positive). The value is (that
+pair's dr^2 / the block's sum of dr^2) * sqrt(min(dx^2, dr^2) / max(dx^2, dr^2)), in
+[0, 1]; 0 otherwise. A neighbour whose reading happened to fall by as much in the same
+quarter hour matches too; the agreement of the other pairs halves those.
+
 `row_day_totals`: each listed row's energy (or volume) per local day; NaN for a day with
 a missing reading (a partial total would read as a fall).
 """
@@ -78,19 +87,22 @@ def balance_block_z(
     block: np.ndarray,  # int64 [intervals]: block_of_interval
     n_blocks: int,  # blocks_per_day(n_slots); 0: NaN everywhere
     out: np.ndarray,  # float64 [meters, days] out: best standardised block sum; NaN without a master
+    onset: np.ndarray,  # float64 [meters, days] out: onset evidence (last block); NaN without a master
 ) -> None:
-    """Per meter and day, the balance localisation of the module docstring. The pair
-    (last reading of day d - 1, first of day d) belongs to day d's first block."""
+    """Per meter and day, the balance localisation and the onset evidence of the module
+    docstring. The pair (last reading of day d - 1, first of day d) belongs to day d's
+    first block."""
     n_days = day_bounds.shape[0] - 1
     for j in prange(meters.shape[0]):
         g = residual_row[j]
         if g < 0 or n_blocks <= 0:
             out[j, :] = np.nan
+            onset[j, :] = np.nan
             continue
         row = matrix[meters[j]]
         res = residual[g]
-        # per block: pairs, dx*dr, dx*dx, dr*dr, and the most negative dx*dr with its dx*dx, dr*dr
-        sums = np.zeros((n_blocks, 7))
+        # per block: pairs, dx*dr, dx*dx, dr*dr, and the most negative dx*dr with its dx*dx, dr*dr, dr
+        sums = np.zeros((n_blocks, 8))
         fz = np.zeros(n_blocks)
         moves = np.empty((2, max_block_len(day_bounds)))  # the current run's dx and dr
         for d in range(n_days):
@@ -134,6 +146,7 @@ def balance_block_z(
                             s[4] = worst
                             s[5] = moves[0, i] * moves[0, i]
                             s[6] = moves[1, i] * moves[1, i]
+                            s[7] = moves[1, i]
                             break
             for b in range(n_blocks):
                 s = sums[b]
@@ -152,6 +165,10 @@ def balance_block_z(
                     best = max(best, acc / np.sqrt(length))
                     target *= 2
             out[j, d] = best
+            s = sums[n_blocks - 1]
+            onset[j, d] = 0.0
+            if s[4] < 0.0 and s[7] > 0.0 and s[3] > 0.0 and fz[n_blocks - 1] > 0.0:  # fell as the residual rose
+                onset[j, d] = s[6] / s[3] * np.sqrt(min(s[5], s[6]) / max(s[5], s[6]))
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
