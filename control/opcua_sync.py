@@ -70,8 +70,8 @@ class PlatformSync(OpcUaSync):
         self.link = link
         self.twins = frozenset(self.sources)  #: the twins this sync feeds
         self.offline: set[str] = set()  #: twins whose link is down (their offline alarm raised)
-        self.received: Counter[str] = Counter()  #: good values taken, per "twin.field"
-        self.refused: Counter[str] = Counter()  #: values refused, per "twin.field"
+        self.received: Counter[str] = Counter()  #: good values taken, per server URL
+        self.refused: Counter[str] = Counter()  #: values refused, per server URL
         self._counters: dict[str, float] = {}  #: each twin's last good counter value
         self._fails: deque[tuple[str, str, int, str]] = deque(maxlen=10_000)  #: writes the device refused
         self._fails_lock = threading.Lock()
@@ -97,8 +97,7 @@ class PlatformSync(OpcUaSync):
         counter = COUNTER.get(self.fleet.locate(twin)[0])
         if counter is not None and counter in fields:
             self._counters[twin] = float(fields[counter])
-        for name in fields:
-            self.received[f"{twin}.{name}"] += 1
+        self.received[self.sources[twin].url] += len(fields)
         if twin in self.offline:
             self.offline.discard(twin)
             self.link.event("online", twin, {})
@@ -128,7 +127,7 @@ class PlatformSync(OpcUaSync):
         return None
 
     def _refuse(self, twin: str, name: str, value: Any, reason: str) -> None:
-        self.refused[f"{twin}.{name}"] += 1
+        self.refused[self.sources[twin].url] += 1
         shown = value if isinstance(value, int | float) and not isinstance(value, bool) else (
             None if value is None else repr(value)[:40])
         self.link.event("bad_reading", twin, {"point": name, "value": shown, "reason": reason, "source": "opcua"})
@@ -156,9 +155,10 @@ class PlatformSync(OpcUaSync):
         return fails
 
     def summary(self) -> dict[str, Any]:
-        """For /api/health: per server link, and the values taken and refused."""
-        return {"links": self.status(), "values": sum(self.received.values()), "refused": sum(self.refused.values()),
-                "received": dict(self.received)}
+        """For /api/health: per server, its link and the values taken and refused."""
+        return {"links": [{**link, "values": self.received[link["url"]], "refused": self.refused[link["url"]]}
+                          for link in self.status()],
+                "values": sum(self.received.values()), "refused": sum(self.refused.values())}
 
     # -- commands out ---------------------------------------------------------------------------
 

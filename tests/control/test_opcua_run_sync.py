@@ -209,6 +209,7 @@ def test_run_keeps_opcua_twins_in_sync_through_a_device_restart(tmp_path):
         assert sources()["refused"] == 4 and alarm("bad_reading", M1)["count"] == 4
 
         # the device goes away, and comes back having counted meanwhile
+        before = sources()["values"]
         gateway.stop()
         run.wait_until(lambda: reported(M1)["online"] == 0 and reported(M2)["online"] == 0, "the twins offline")
         run.wait_until(lambda: alarm("offline", M1) is not None and alarm("offline", M2) is not None,
@@ -230,11 +231,14 @@ def test_run_keeps_opcua_twins_in_sync_through_a_device_restart(tmp_path):
         assert links[0]["connected"] and links[0]["generation"] >= 2, links
 
         # no change lost after the resubscription: a burst of 100 values, every one taken
-        base = sources()["received"][f"{M1}.energy_kwh"]
+        run.wait_until(lambda: sources()["values"] >= before + 5, "the five nodes' values on resubscribing")
+        base = sources()["values"]
+        assert base == before + 5  # each node's current value, once
         gateway.count("Meter1.Energy", [120.0 + n for n in range(1, 101)])
         run.wait_until(lambda: reported(M1)["energy_kwh"] == 220.0, "the burst's last value")
-        run.wait_until(lambda: sources()["received"][f"{M1}.energy_kwh"] >= base + 100, "every value of the burst")
-        assert sources()["received"][f"{M1}.energy_kwh"] == base + 100
+        run.wait_until(lambda: sources()["values"] >= base + 100, "every value of the burst")
+        after = sources()
+        assert after["values"] == base + 100 and after["links"][0]["values"] == base + 100  # one server: all its
 
         # commands: a method trip and a node write confirmed by read-back; a stuck one fails
         trip = run.post("/api/commands", {"twin": M1, "action": "relay_open"}, operator)
