@@ -210,7 +210,8 @@ def test_api_per_role(server, role):
         try:
             run()
         except (Exception, BaseExceptionGroup) as err:  # noqa: BLE001 - gathered, reported below
-            failures.append(f"{operation.method.upper()} {operation.path}: {err}")
+            causes = "".join(f"\n    {type(e).__name__}: {e}" for e in getattr(err, "exceptions", ()))
+            failures.append(f"{operation.method.upper()} {operation.path}: {err}{causes}")
     assert operations == len(ROLES)
     assert not failures, f"{len(failures)} of {operations} operations failed as {role}:\n" + "\n\n".join(failures)
 
