@@ -89,35 +89,111 @@ def _sorted_median(buf: np.ndarray, n: int) -> float:
     return _quantile_in_place(buf[:n], 0.5)
 
 
+_ABS = np.int32(0x7FFFFFFF)  # float32 bits without the sign
+_INF_BITS = np.int32(0x7F800000)  # above this (sign off): NaN
+_LOWEST = np.int32(-(2**31))  # below every key
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _sort_key(x: np.int32) -> np.int32:
+    """float32 bits (as int32) to an int32 that orders as the float does (-0.0 and 0.0 get
+    the same key); NaN must be screened out before."""
+    sign = x >> 31
+    return (x ^ (sign & _ABS)) - sign
+
+
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _quiet_day(row: np.ndarray, lo: int, hi: int) -> tuple:  # type: ignore[type-arg]
-    """One branch-free pass over a day: (sum, missing, smallest, largest)."""
+def _day_sums(seg: np.ndarray, bits: np.ndarray, first_after_gap: bool) -> tuple:  # type: ignore[type-arg]
+    """One branch-free pass over a day's readings (`bits` is the same memory as int32):
+    (sum, missing, readings at or below 0, sum of |negatives|, sort key of the largest
+    reading that follows a known one, _LOWEST when none). The first reading follows a gap
+    when `first_after_gap`. Integer keys, not a float max, because an integer max that
+    skips NaN vectorises and a float one does not."""
+    n = seg.shape[0]
     acc = 0.0
-    miss = 0
-    low = np.float32(np.inf)
-    high = np.float32(-np.inf)
-    for i in range(lo, hi):  # min/max as below vectorise; `v if v < low else low` did not (2x slower)
-        v = row[i]
-        ok = v == v
-        acc += np.float64(v) if ok else 0.0
-        miss += 0 if ok else 1
-        low = min(low, v) if ok else low
-        high = max(high, v) if ok else high
-    return acc, miss, low, high
-
-
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _zero_day(row: np.ndarray, lo: int, hi: int, zeros: int) -> tuple:  # type: ignore[type-arg]
-    """A day without gaps: (longest zero run as day_features counts it, |negatives|, the
-    open zero run at the day's end)."""
-    best = 0
     neg = 0.0
+    miss = np.int32(0)
+    low = np.int32(0)
+    top = _LOWEST
+    if n == 0:
+        return acc, miss, low, neg, top
+    x = bits[0]
+    nan = (x & _ABS) > _INF_BITS
+    v = np.float64(seg[0])
+    acc += 0.0 if nan else v
+    neg += -v if v < 0 else 0.0
+    miss += np.int32(1) if nan else np.int32(0)
+    low += np.int32(1) if v <= 0 else np.int32(0)
+    top = _LOWEST if nan or first_after_gap else _sort_key(x)
+    for i in range(1, n):
+        x = bits[i]
+        nan = (x & _ABS) > _INF_BITS
+        after_gap = (bits[i - 1] & _ABS) > _INF_BITS
+        v = np.float64(seg[i])
+        acc += 0.0 if nan else v
+        neg += -v if v < 0 else 0.0
+        miss += np.int32(1) if nan else np.int32(0)
+        low += np.int32(1) if v <= 0 else np.int32(0)
+        top = max(top, _LOWEST if nan or after_gap else _sort_key(x))
+    return acc, miss, low, neg, top
+
+
+@njit(cache=True, nogil=True)
+def _exact_day(row: np.ndarray, c: int, d: int, lo: int, hi: int, nan_run: int, zeros: int, j: int, j_end: int,
+               span_lo: np.ndarray, span_hi: np.ndarray, dark: bool, night: np.ndarray, missing: np.ndarray,
+               silent_run: np.ndarray, zero_run: np.ndarray, negative: np.ndarray, rate_max: np.ndarray,
+               total: np.ndarray, night_min: np.ndarray, night_n: np.ndarray) -> tuple:  # type: ignore[type-arg]
+    """day_features of one day, reading by reading (a twin with excused spans); returns the
+    carried (nan_run, zeros, j)."""
+    miss = 0
+    best_silent = 0
+    best_zero = 0
+    neg = 0.0
+    peak = np.nan
+    acc = 0.0
+    night_exact = np.nan
+    n_night = 0
     for i in range(lo, hi):
+        while j < j_end and span_hi[j] <= i:
+            j += 1
+        excused = j < j_end and span_lo[j] <= i
         v = row[i]
-        zeros = zeros + 1 if v == 0 else 0
-        best = max(best, min(zeros, i - lo + 1))
-        neg += -np.float64(v) if v < 0 else 0.0
-    return max(best, zeros), neg, zeros
+        if v != v:
+            miss += 1
+            nan_run += 1
+            zeros = 0
+            if nan_run > best_silent:
+                best_silent = nan_run
+            continue
+        rate = v if nan_run == 0 else v / (nan_run + 1)
+        if not rate <= peak:  # NaN peak: first reading
+            peak = rate
+        if dark and night[i] and nan_run == 0:
+            n_night += 1
+            if not v >= night_exact:
+                night_exact = v
+        nan_run = 0
+        acc += v
+        if v < 0:
+            neg -= v
+        if v == 0 and not excused:
+            zeros += 1
+            inside = min(zeros, i - lo + 1)
+            if inside > best_zero:
+                best_zero = inside
+        else:
+            zeros = 0
+    if zeros > best_zero:  # still at zero when the day ends: the whole run counts
+        best_zero = zeros
+    missing[c, d] = miss
+    silent_run[c, d] = best_silent
+    zero_run[c, d] = best_zero
+    negative[c, d] = neg
+    rate_max[c, d] = peak
+    total[c, d] = acc
+    night_min[c, d] = night_exact
+    night_n[c, d] = n_night
+    return nan_run, zeros, j
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -149,13 +225,19 @@ def day_features(
     starts moving again at 06:00 after a quiet night is not stuck that day, one still at
     zero at midnight is. A missing reading or an excused interval ends a zero run.
 
-    Speed: every day takes one branch-free pass; a day without gaps (most) needs at most a
-    second tight pass for its zero runs (only when it holds a zero or a negative); days with
-    gaps and twins with excused spans take the exact scalar pass."""
+    Speed: every day takes one branch-free pass (`_day_sums`: sums, counts, the largest
+    reading that follows a known one); a day with a gap, or one a gap runs into, adds a
+    tight pass over its gaps only (their runs, and the readings after them); a day with a
+    reading at or below 0 adds one for its zero runs. Twins with excused spans go reading
+    by reading (`_exact_day`)."""
     n_twins = matrix.shape[0]
     n_days = day_bounds.shape[0] - 1
+    bits_all = matrix.view(np.int32)
     for c in prange(n_twins):
+        key_buf = np.empty(1, dtype=np.int32)  # a float32's bits, to turn a key back into the float
+        value_buf = key_buf.view(np.float32)
         row = matrix[c]
+        bits = bits_all[c]
         nan_run = 0
         zeros = 0
         j = span_ptr[c]
@@ -163,76 +245,59 @@ def day_features(
         dark = want_night[c]
         for d in range(n_days):
             lo, hi = day_bounds[d], day_bounds[d + 1]
-            acc, miss, low, high = _quiet_day(row, lo, hi)
-            if miss == 0 and nan_run == 0 and j_end == span_ptr[c]:
-                night_low = np.float32(np.inf)
-                n_night = 0
-                if dark:
-                    for k in range(night_ptr[d], night_ptr[d + 1]):
-                        night_low = min(night_low, row[night_idx[k]])
-                        n_night += 1
-                if low > 0:
-                    zeros = 0
-                    zero_run[c, d] = 0
-                    negative[c, d] = 0.0
-                else:
-                    best, neg, zeros = _zero_day(row, lo, hi, zeros)
-                    zero_run[c, d] = best
-                    negative[c, d] = neg
-                missing[c, d] = 0
-                silent_run[c, d] = 0
-                rate_max[c, d] = high if hi > lo else np.nan
-                total[c, d] = acc
-                night_min[c, d] = night_low if n_night > 0 else np.nan
-                night_n[c, d] = n_night
+            if j_end > span_ptr[c]:
+                nan_run, zeros, j = _exact_day(row, c, d, lo, hi, nan_run, zeros, j, j_end, span_lo, span_hi, dark,
+                                               night, missing, silent_run, zero_run, negative, rate_max, total,
+                                               night_min, night_n)
                 continue
-            miss = 0
-            best_silent = 0
-            best_zero = 0
-            neg = 0.0
+            seg = row[lo:hi]
+            carried = nan_run  # the gap running into the day, in readings
+            acc, miss, low, neg, top = _day_sums(seg, bits[lo:hi], carried > 0)
             peak = np.nan
-            acc = 0.0
-            night_exact = np.nan
+            if top != _LOWEST:  # back from the key to the float
+                key_buf[0] = top if top >= 0 else (top - 1) ^ _ABS
+                peak = np.float64(value_buf[0])
+            best_silent = 0
+            if miss > 0 or carried > 0:  # the gaps: their runs, and the readings that end them
+                for i in range(lo, hi):
+                    v = row[i]
+                    if v != v:
+                        nan_run += 1
+                        best_silent = max(best_silent, nan_run)
+                    elif nan_run > 0:
+                        rate = v / (nan_run + 1)
+                        if not rate <= peak:
+                            peak = rate
+                        nan_run = 0
+            best_zero = 0
+            if low == 0:
+                zeros = 0
+            else:  # readings at 0 (or below): the zero runs, which a gap ends
+                for i in range(lo, hi):
+                    if row[i] == 0:
+                        zeros += 1
+                        best_zero = max(best_zero, min(zeros, i - lo + 1))
+                    else:
+                        zeros = 0
+                best_zero = max(best_zero, zeros)
+            night_low = np.float32(np.nan)
             n_night = 0
-            for i in range(lo, hi):
-                while j < j_end and span_hi[j] <= i:
-                    j += 1
-                excused = j < j_end and span_lo[j] <= i
-                v = row[i]
-                if v != v:
-                    miss += 1
-                    nan_run += 1
-                    zeros = 0
-                    if nan_run > best_silent:
-                        best_silent = nan_run
-                    continue
-                rate = v if nan_run == 0 else v / (nan_run + 1)
-                if not rate <= peak:  # NaN peak: first reading
-                    peak = rate
-                if dark and night[i] and nan_run == 0:
-                    n_night += 1
-                    if not v >= night_exact:
-                        night_exact = v
-                nan_run = 0
-                acc += v
-                if v < 0:
-                    neg -= v
-                if v == 0 and not excused:
-                    zeros += 1
-                    inside = min(zeros, i - lo + 1)
-                    if inside > best_zero:
-                        best_zero = inside
-                else:
-                    zeros = 0
-            if zeros > best_zero:  # still at zero when the day ends: the whole run counts
-                best_zero = zeros
+            if dark:  # night readings that follow a known one
+                for k in range(night_ptr[d], night_ptr[d + 1]):
+                    i = night_idx[k]
+                    v = row[i]
+                    known_before = carried == 0 if i == lo else row[i - 1] == row[i - 1]
+                    if v == v and known_before:
+                        n_night += 1
+                        if not v >= night_low:
+                            night_low = v
             missing[c, d] = miss
             silent_run[c, d] = best_silent
             zero_run[c, d] = best_zero
             negative[c, d] = neg
             rate_max[c, d] = peak
             total[c, d] = acc
-            night_min[c, d] = night_exact
+            night_min[c, d] = night_low
             night_n[c, d] = n_night
 
 
