@@ -173,6 +173,9 @@ def render_side_by_side(names: list[str], views: list[list[KindFigures]]) -> str
             r = next(x for x in rows if x.kind == kind)
             cells += f"{_f(r.auc):>22}{_f(r.rate_at_5pct, 2):>8}"
         lines.append(f"{kind:<14}{cells}")
+    if any(n.startswith("daily") for n in names):
+        lines.append("daily: h5 and h6 keep the day's total, which is all one reading a day shows; "
+                     f"read '{TOTALS_ROW}' (h1-h4, bypass) there")
     return "\n".join(lines)
 
 

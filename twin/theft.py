@@ -78,7 +78,7 @@ BAL_CAP = 8.0
 #: The room's water as a witness of the day (see _drop_z): exponent on its day total,
 #: m3 added before the log (a day without water is finite), and the robust z above its own
 #: usual beyond which the water is not trusted (a leak, a misread register).
-WATER_BETA = 0.8
+WATER_BETA = 0.7
 WATER_EPS_M3 = 0.01
 WATER_GATE = 3.0
 
