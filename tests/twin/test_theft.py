@@ -404,14 +404,14 @@ def _households_with_water(days: int = 28, flats: int = 10, seed: int = 9) -> tu
     return view, np.arange(flats)
 
 
-def test_the_rooms_water_excuses_a_day_at_home_less() -> None:
-    """At one reading a day without masters: a household away for two days (electricity
-    and water both at 30%) is not flagged, while a flat whose electricity reads 50% with
-    its water as usual ranks first on those days."""
+def test_the_rooms_water_excuses_days_away() -> None:
+    """At one reading a day without masters: a household away for two days (electricity at
+    30%, the fridge and standby; no water drawn) is not flagged, while a flat whose
+    electricity reads 50% with its water as usual ranks first on those days."""
     view, _ = _households_with_water()
     days = slice(20 * 96, 22 * 96)
-    view.matrix[2, days] *= 0.3  # away: electricity ...
-    view.matrix[12, days] *= 0.3  # ... and water
+    view.matrix[2, days] *= 0.3  # away: electricity at standby ...
+    view.matrix[12, days] = 0.0  # ... and no water
     view.matrix[5, days] *= 0.5  # theft: electricity only
     s = theft_scores(downsample_daily(view, drop_masters=True))["theft"].scores
     for d in (20, 21):
