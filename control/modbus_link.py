@@ -309,9 +309,13 @@ class ModbusLink:
 
     def hold(self, twin: str, ts: float) -> None:
         """A twin on a subscription whose link is up and that sent no change: its values
-        still stand at `ts` (its counter's interval gets 0, not missing)."""
+        still stand at `ts` (its counter's interval gets 0, not missing). A twin that never
+        reported is left alone."""
         kind, rows = self._locate(twin)
-        self.state.tables[kind].stamps["reported"][rows] = int(ts)
+        stamps = self.state.tables[kind].stamps["reported"]
+        if not stamps[rows[0]]:
+            return
+        stamps[rows] = int(ts)
         counter = COUNTER.get(kind)
         if counter is None:
             return

@@ -62,13 +62,12 @@ class PlatformSync(OpcUaSync):
 
         sync = PlatformSync(modbus_link, scenario.opcua, cert_dir=data / "opcua" / "client")
         await sync.start()                  # on the platform's loop
-        sync.tick(now, commands)            # each tick, in the tick thread
+        not_confirmed = sync.tick(now)      # each tick, in the tick thread
     """
 
     def __init__(self, link: ModbusLink, sources: list[OpcUaSource], cert_dir: str | Path | None = None) -> None:
         super().__init__(link.state, sources, on_reading=self._checked, cert_dir=cert_dir)
         self.link = link
-        self.twins = frozenset(self.sources)  #: the twins this sync feeds
         self.offline: set[str] = set()  #: twins whose link is down (their offline alarm raised)
         self.received: Counter[str] = Counter()  #: good values taken, per server URL
         self.refused: Counter[str] = Counter()  #: values refused, per server URL
@@ -148,7 +147,7 @@ class PlatformSync(OpcUaSync):
         for link in self.links.values():
             if link.connected:
                 for source in link.sources:
-                    if source.twin not in self.offline and self.fleet.twin(source.twin).stamp("reported"):
+                    if source.twin not in self.offline:
                         self.link.hold(source.twin, now)
         with self._fails_lock:
             fails, self._fails = list(self._fails), deque(maxlen=10_000)
