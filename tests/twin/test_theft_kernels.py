@@ -1,0 +1,235 @@
+"""The theft kernels' fast paths against plain loops: DST days (a slot missing or repeated,
+the scalar path) beside regular ones (the vectorised path) at 15 minutes and hourly, the
+sliding sorted window of trailing_robust_z over many window/step settings, quickselect
+medians over groups of every size, and trailing_runs."""
+
+from __future__ import annotations
+
+import math
+from datetime import datetime
+from zoneinfo import ZoneInfo
+
+import numpy as np
+import pytest
+
+from twin.kernels import theft as k
+from twin.kernels.load import local_calendar
+
+BERLIN = "Europe/Berlin"
+
+
+def _readings(rng: np.random.Generator, cols: int, n: int) -> np.ndarray:
+    m = rng.gamma(0.8, 0.2, size=(cols, n)).astype(np.float32)
+    m[rng.random(m.shape) < 0.03] = np.nan
+    m[rng.random(m.shape) < 0.05] = 0.0
+    m[0, 100:130] = 0.0  # a long off run
+    m[1, 40:60] = np.nan  # a gap across readings
+    m[2, :] = 0.25  # flat: no spread, no autocorrelation
+    return m
+
+
+def _corr(x: np.ndarray, y: np.ndarray) -> float:
+    if x.size < 3:
+        return np.nan
+    x, y = x - x.mean(), y - y.mean()
+    den = np.sqrt((x * x).sum() * (y * y).sum())
+    return float((x * y).sum() / den) if den > 0 else np.nan
+
+
+def _reference(m: np.ndarray, meters: np.ndarray, rrow: np.ndarray, res: np.ndarray, bounds: np.ndarray,
+               slot: np.ndarray, n_slots: int, window: int, interval_h: float) -> np.ndarray:
+    """meter_day_features and balance_corr as plain loops over each day's intervals and
+    their slots (any day: a DST day has a slot missing or twice)."""
+    n_days = bounds.size - 1
+    out = np.full((6, meters.size, n_days), np.nan)
+    for j, c in enumerate(meters):
+        x = m[c].astype(np.float64)
+        sums = np.zeros((n_days, n_slots))
+        counts = np.zeros((n_days, n_slots))
+        qs = np.zeros((n_days, k.QUARTERS, 3))
+        for d in range(n_days):
+            day = x[bounds[d]:bounds[d + 1]]
+            ok = np.isfinite(day)
+            out[k.TOTAL, j, d] = day[ok].sum()
+            run = longest = 0
+            for v in day:
+                run = run + 1 if (np.isfinite(v) and v <= k.ZERO_KWH) else 0
+                longest = max(longest, run)
+            out[k.ZERO_H, j, d] = longest * interval_h
+            for t in range(bounds[d], bounds[d + 1]):
+                if np.isfinite(x[t]):
+                    sums[d, slot[t]] += x[t]
+                    counts[d, slot[t]] += 1
+            if n_slots > 1 and ok.sum() >= 3:
+                mean, var = day[ok].mean(), day[ok].var()
+                out[k.CV, j, d] = np.sqrt(var) / mean if mean > 0 else np.nan
+                pairs = [(day[t - 1] - mean) * (day[t] - mean) for t in range(1, day.size) if ok[t - 1] and ok[t]]
+                if var > 1e-12 and pairs:
+                    out[k.LAG1, j, d] = np.mean(pairs) / var
+            if rrow[j] >= 0 and n_slots > 1:
+                r = res[rrow[j]]
+                for t in range(max(bounds[d], 1), bounds[d + 1]):
+                    if np.isfinite([x[t - 1], x[t], r[t - 1], r[t]]).all():
+                        dx, dr = x[t] - x[t - 1], r[t] - r[t - 1]
+                        qs[d, slot[t] * k.QUARTERS // n_slots] += [dx * dr, dx * dx, dr * dr]
+        for d in range(n_days):
+            lo, hi = (max(0, d - window), d) if d >= 3 else (d + 1, min(n_days, d + 1 + window))
+            if n_slots > 1 and hi > lo:
+                with np.errstate(invalid="ignore", divide="ignore"):
+                    prof = sums[lo:hi].sum(axis=0) / counts[lo:hi].sum(axis=0)
+                day = x[bounds[d]:bounds[d + 1]]
+                ref = prof[slot[bounds[d]:bounds[d + 1]]]
+                ok = np.isfinite(day) & np.isfinite(ref)
+                out[k.PROFILE_CORR, j, d] = _corr(day[ok], ref[ok])
+            if rrow[j] >= 0 and n_slots > 1:
+                best = np.nan
+                for q_end in range(k.QUARTERS):
+                    s = np.zeros(3)
+                    for back in range(k.QUARTERS):
+                        qq, dd = q_end - back, d
+                        if qq < 0:
+                            qq, dd = qq + k.QUARTERS, d - 1
+                        if dd >= 0:
+                            s += qs[dd, qq]
+                    if s[1] > 0 and s[2] > 0:
+                        best = np.nanmax([best, s[0] / np.sqrt(s[1] * s[2])])
+                out[k.BAL_CORR, j, d] = best
+    return out
+
+
+@pytest.mark.parametrize(("month", "interval_s"), [(3, 900), (10, 900), (3, 3600), (7, 900)])
+def test_features_on_dst_and_regular_days_match_plain_loops(month: int, interval_s: int) -> None:
+    """meter_day_features and balance_corr equal the plain loops on a window holding a DST
+    day (23 or 25 hours: the scalar path) and regular days (the vectorised path), with
+    missing readings, zeros, off runs and a flat meter."""
+    per_day = 86400 // interval_s
+    n_days = 12
+    start = int(datetime(2026, month, 20, tzinfo=ZoneInfo(BERLIN)).timestamp())
+    cal = local_calendar(start, n_days * per_day, interval_s, BERLIN)
+    regular = k.regular_days(cal.day_bounds, cal.slot, cal.n_slots)
+    full = np.diff(cal.day_bounds) == per_day
+    assert np.array_equal(regular, cal.day_regular & full)  # whole days whose slots run 0, 1, ...
+    assert regular[:-1].all() == (month == 7)
+    rng = np.random.default_rng(month + interval_s)
+    m = _readings(rng, 6, cal.n_intervals)
+    meters = np.array([0, 1, 2, 3, 5], dtype=np.int64)
+    rrow = np.array([0, 0, -1, 1, 0], dtype=np.int64)
+    res = rng.normal(0, 0.1, size=(2, cal.n_intervals))
+    res[0, 10:14] = np.nan
+    window = 5
+    out = np.full((6, meters.size, len(cal.days)), np.nan)
+    k.meter_day_features(m, meters, cal.day_bounds, cal.slot, cal.n_slots, cal.interval_h, window, out)
+    k.balance_corr(m, meters, rrow, res, cal.day_bounds, cal.slot, cal.n_slots, out[k.BAL_CORR])
+    ref = _reference(m, meters, rrow, res, cal.day_bounds, cal.slot, cal.n_slots, window, cal.interval_h)
+    # a flat day's correlation with its flat mean day is 0 / 0: the kernel's one-pass sums leave
+    # rounding there, not the exact 0 the centred reference gets (theft.py scores flat days by CV)
+    ref[k.PROFILE_CORR, 2] = out[k.PROFILE_CORR, 2]
+    assert np.array_equal(np.isnan(out), np.isnan(ref))
+    assert np.allclose(out, ref, equal_nan=True, rtol=1e-9, atol=1e-9)
+    assert out[k.ZERO_H, 0].max() >= 30 * cal.interval_h * (interval_s == 900)
+    assert np.isnan(out[k.LAG1, 2]).all()  # the flat meter
+
+
+def _robust_z_reference(v: np.ndarray, window: int, step: int, min_ref: int, floor: float) -> tuple:
+    n_days = v.shape[1]
+    out = np.full_like(v, np.nan)
+    med = np.full_like(v, np.nan)
+    for j in range(v.shape[0]):
+        for d in range(n_days):
+            if np.isnan(v[j, d]):
+                continue
+            s = d - d % step
+            r = v[j, max(0, s - window):s]
+            r = r[np.isfinite(r)]
+            if r.size < min_ref:
+                r = v[j, :min(window, n_days)]
+                r = r[np.isfinite(r)]
+            if r.size < 3:
+                continue
+            m = np.median(r)
+            med[j, d] = m
+            out[j, d] = (v[j, d] - m) / (1.4826 * np.median(np.abs(r - m)) + floor)
+    return out, med
+
+
+@pytest.mark.parametrize(("window", "step", "min_ref"), [(28, 7, 5), (6, 4, 3), (5, 7, 3), (10, 1, 4), (3, 2, 9),
+                                                          (40, 7, 5), (1, 1, 1), (28, 30, 5)])
+def test_trailing_robust_z_slides_its_sorted_window_exactly(window: int, step: int, min_ref: int) -> None:
+    """The sliding sorted window gives numpy's median and MAD of the reference days for
+    every window/step setting: windows that overlap, that jump past each other, that never
+    fill; ties, repeated values and NaN days included."""
+    rng = np.random.default_rng(window * 100 + step)
+    v = rng.normal(size=(7, 30))
+    v[1, rng.random(30) < 0.3] = np.nan
+    v[2, :] = np.round(v[2, :])  # many ties
+    v[3, :] = 1.5  # all the same: MAD 0
+    v[4, :20] = np.nan  # a meter that starts late
+    v[5, :] = np.nan
+    out, med = np.empty_like(v), np.empty_like(v)
+    k.trailing_robust_z(v, window, step, min_ref, 0.05, out, med)
+    ref_out, ref_med = _robust_z_reference(v, window, step, min_ref, 0.05)
+    assert np.array_equal(med, ref_med, equal_nan=True)
+    assert np.allclose(out, ref_out, equal_nan=True, rtol=1e-12, atol=0)
+
+
+@pytest.mark.parametrize("size", [1, 2, 3, 4, 17, 98, 99, 150])
+def test_group_median_mad_by_quickselect_matches_numpy(size: int) -> None:
+    """Quickselect medians equal numpy's for groups of odd and even size, with ties and an
+    all-NaN day."""
+    rng = np.random.default_rng(size)
+    v = np.round(rng.normal(size=(size * 2, 6)), 1)
+    v[rng.random(v.shape) < 0.1] = np.nan
+    v[:size, 5] = np.nan
+    ptr = np.array([0, size, 2 * size], dtype=np.int64)
+    order = rng.permutation(2 * size).astype(np.int64)
+    med, mad = np.empty_like(v), np.empty_like(v)
+    k.group_median_mad(v, ptr, order, med, mad)
+    for g in range(2):
+        rows = order[ptr[g]:ptr[g + 1]]
+        with np.errstate(all="ignore"), pytest.warns(RuntimeWarning) if np.isnan(v[rows]).all(axis=0).any() \
+                else _nothing():
+            m = np.nanmedian(v[rows], axis=0)
+            d = np.nanmedian(np.abs(v[rows] - m), axis=0)
+        assert np.array_equal(med[rows], np.broadcast_to(m, (rows.size, 6)), equal_nan=True)
+        assert np.array_equal(mad[rows], np.broadcast_to(d, (rows.size, 6)), equal_nan=True)
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _trailing_run_reference(z: np.ndarray, days: int) -> np.ndarray:
+    filled = np.nan_to_num(z, nan=0.0)
+    out = np.full_like(z, np.nan)
+    for j in range(z.shape[0]):
+        for d in range(z.shape[1]):
+            if np.isnan(z[j, d]):
+                continue
+            runs = []
+            for n in range(1, min(days, z.shape[1], d + 1) + 1):
+                acc = filled[j, d]
+                for i in range(1, n):
+                    acc += filled[j, d - i]
+                runs.append(acc / math.sqrt(n))
+            out[j, d] = max(runs)
+    return out
+
+
+@pytest.mark.parametrize("days", [1, 3, 5, 40])
+def test_trailing_runs_is_the_best_run_ending_each_day(days: int) -> None:
+    """trailing_runs: the max over k <= days of the last k days' sum / sqrt(k), NaN days as
+    0 inside a run and NaN themselves, as twin.theft.trailing_run computes it in numpy."""
+    rng = np.random.default_rng(days)
+    z = rng.normal(size=(5, 30))
+    z[0, 4] = np.nan
+    z[1, :3] = np.nan
+    z[2, :] = 3.0  # a sustained shift: the longest run wins
+    z[3, 10] = np.inf
+    out = np.empty_like(z)
+    k.trailing_runs(z, days, out)
+    assert np.array_equal(out, _trailing_run_reference(z, days), equal_nan=True)
+    assert out[2, -1] == pytest.approx(3.0 * math.sqrt(min(days, 30)))
