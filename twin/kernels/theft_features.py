@@ -52,13 +52,45 @@ def blocks_per_day(n_slots: int) -> int:
     return n if n_slots >= MIN_PAIRS_PER_BLOCK else 0
 
 
+@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
+def _pair_sums(row: np.ndarray, res: np.ndarray, lo: int, hi: int) -> tuple[float, float, float, float, float, int]:
+    """Over t in [lo, hi), lo >= 1, of the first differences dx = row[t] - row[t - 1] and
+    dr = res[t] - res[t - 1] where all four readings are known: (pairs, sum dx*dr, dx*dx,
+    dr*dr, the most negative dx*dr or 0, its t or -1). Branch-free."""
+    n = sxy = sxx = syy = 0.0
+    worst = 0.0
+    at = -1
+    for t in range(lo, hi):
+        dx = np.float64(row[t]) - np.float64(row[t - 1])
+        dr = res[t] - res[t - 1]
+        ok = (dx == dx) & (dr == dr)
+        cx = dx if ok else 0.0
+        cr = dr if ok else 0.0
+        n += 1.0 if ok else 0.0
+        p = cx * cr
+        sxy += p
+        sxx += cx * cx
+        syy += cr * cr
+        at = t if p < worst else at
+        worst = min(worst, p)
+    return n, sxy, sxx, syy, worst, at
+
+
 @njit(cache=True, nogil=True)
-def max_block_len(day_bounds: np.ndarray) -> int:
-    """Longest day, in intervals: no run of one block is longer."""
-    longest = 1
-    for d in range(day_bounds.shape[0] - 1):
-        longest = max(longest, day_bounds[d + 1] - day_bounds[d])
-    return longest
+def _add_run(row: np.ndarray, res: np.ndarray, lo: int, hi: int, s: np.ndarray) -> None:
+    """Add the pairs of [lo, hi) to one block's sums `s` (see balance_block_z)."""
+    n, sxy, sxx, syy, worst, at = _pair_sums(row, res, lo, hi)
+    s[0] += n
+    s[1] += sxy
+    s[2] += sxx
+    s[3] += syy
+    if worst < s[4]:
+        dx = np.float64(row[at]) - np.float64(row[at - 1])
+        dr = res[at] - res[at - 1]
+        s[4] = worst
+        s[5] = dx * dx
+        s[6] = dr * dr
+        s[7] = dr
 
 
 @njit(cache=True, nogil=True)
@@ -92,83 +124,77 @@ def balance_block_z(
     """Per meter and day, the balance localisation and the onset evidence of the module
     docstring. The pair (last reading of day d - 1, first of day d) belongs to day d's
     first block."""
+    n_rows = meters.shape[0]
     n_days = day_bounds.shape[0] - 1
-    for j in prange(meters.shape[0]):
-        g = residual_row[j]
-        if g < 0 or n_blocks <= 0:
-            out[j, :] = np.nan
-            onset[j, :] = np.nan
-            continue
-        row = matrix[meters[j]]
-        res = residual[g]
+    regular = np.zeros(n_days, dtype=np.bool_)  # whole days whose blocks are runs in order
+    for d in range(n_days):
+        a = day_bounds[d]
+        n = day_bounds[d + 1] - a
+        ok = n > 0
+        for t in range(a, a + n):
+            ok = ok and block[t] == (t - a) * n_blocks // n
+        regular[d] = ok
+    chunk = 16  # meters per task, sharing its buffers
+    for c in prange((n_rows + chunk - 1) // chunk):
         # per block: pairs, dx*dr, dx*dx, dr*dr, and the most negative dx*dr with its dx*dx, dr*dr, dr
-        sums = np.zeros((n_blocks, 8))
-        fz = np.zeros(n_blocks)
-        moves = np.empty((2, max_block_len(day_bounds)))  # the current run's dx and dr
-        for d in range(n_days):
-            a = day_bounds[d]
-            b_end = day_bounds[d + 1]
-            sums[:, :] = 0.0
-            x0 = np.float64(row[a - 1]) if a > 0 else np.nan
-            r0 = res[a - 1] if a > 0 else np.nan
-            t = a
+        sums = np.zeros((max(n_blocks, 1), 8))
+        fz = np.zeros(max(n_blocks, 1))
+        for j in range(c * chunk, min(n_rows, (c + 1) * chunk)):
+            _meter_days(matrix[meters[j]], residual, residual_row[j], day_bounds, block, regular, n_blocks, sums,
+                        fz, out[j], onset[j])
+
+
+@njit(cache=True, nogil=True)
+def _meter_days(row: np.ndarray, residual: np.ndarray, g: int, day_bounds: np.ndarray, block: np.ndarray,
+                regular: np.ndarray, n_blocks: int, sums: np.ndarray, fz: np.ndarray, out: np.ndarray,
+                onset: np.ndarray) -> None:
+    """balance_block_z for one meter (row) into its out and onset rows."""
+    n_days = day_bounds.shape[0] - 1
+    if g < 0 or n_blocks <= 0:
+        out[:] = np.nan
+        onset[:] = np.nan
+        return
+    res = residual[g]
+    for d in range(n_days):
+        a = day_bounds[d]
+        b_end = day_bounds[d + 1]
+        sums[:, :] = 0.0
+        if regular[d]:  # block b is slots ceil(b * n / n_blocks) .. of the day: no lookups
+            n = b_end - a
+            for b in range(n_blocks):
+                lo = max(a + (b * n + n_blocks - 1) // n_blocks, 1)
+                hi = a + ((b + 1) * n + n_blocks - 1) // n_blocks
+                _add_run(row, res, lo, hi, sums[b])
+        else:
+            t = max(a, 1)  # the first reading of the history has no pair
             while t < b_end:  # one run of intervals of the same block at a time
                 b = block[t]
-                n = sxy = sxx = syy = 0.0
-                worst = 0.0
-                k = 0
-                while t < b_end and block[t] == b:
-                    x = np.float64(row[t])
-                    r = res[t]
-                    dx = x - x0
-                    dr = r - r0
-                    moves[0, k] = dx
-                    moves[1, k] = dr
-                    k += 1
-                    if dx == dx and dr == dr:
-                        p = dx * dr
-                        n += 1.0
-                        sxy += p
-                        sxx += dx * dx
-                        syy += dr * dr
-                        worst = min(worst, p)  # branch-free: which pair it was is found after the run
-                    x0 = x
-                    r0 = r
-                    t += 1
-                s = sums[b]
-                s[0] += n
-                s[1] += sxy
-                s[2] += sxx
-                s[3] += syy
-                if worst < s[4]:
-                    for i in range(k):
-                        if moves[0, i] * moves[1, i] == worst:
-                            s[4] = worst
-                            s[5] = moves[0, i] * moves[0, i]
-                            s[6] = moves[1, i] * moves[1, i]
-                            s[7] = moves[1, i]
-                            break
-            for b in range(n_blocks):
-                s = sums[b]
-                if s[4] < 0.0:  # leave out the block's most contrary pair
-                    fz[b] = _fisher(s[0] - 1.0, s[1] - s[4], s[2] - s[5], s[3] - s[6])
-                else:
-                    fz[b] = _fisher(s[0], s[1], s[2], s[3])
-            best = -np.inf
-            acc = 0.0
-            length = 0
-            target = 1
-            for b in range(n_blocks - 1, -1, -1):  # windows of the last 1, 2, 4 ... blocks
-                acc += fz[b]
-                length += 1
-                if length == target:
-                    best = max(best, acc / np.sqrt(length))
-                    target *= 2
-            out[j, d] = best
-            s = sums[n_blocks - 1]
-            onset[j, d] = 0.0
-            if s[4] < 0.0 and s[7] > 0.0 and s[3] > 0.0 and fz[n_blocks - 1] > 0.0:  # fell as the residual rose
-                onset[j, d] = s[6] / s[3] * np.sqrt(min(s[5], s[6]) / max(s[5], s[6]))
+                e = t + 1
+                while e < b_end and block[e] == b:
+                    e += 1
+                _add_run(row, res, t, e, sums[b])
+                t = e
+        for b in range(n_blocks):
+            s = sums[b]
+            if s[4] < 0.0:  # leave out the block's most contrary pair
+                fz[b] = _fisher(s[0] - 1.0, s[1] - s[4], s[2] - s[5], s[3] - s[6])
+            else:
+                fz[b] = _fisher(s[0], s[1], s[2], s[3])
+        best = -np.inf
+        acc = 0.0
+        length = 0
+        target = 1
+        for b in range(n_blocks - 1, -1, -1):  # windows of the last 1, 2, 4 ... blocks
+            acc += fz[b]
+            length += 1
+            if length == target:
+                best = max(best, acc / np.sqrt(length))
+                target *= 2
+        out[d] = best
+        s = sums[n_blocks - 1]
+        onset[d] = 0.0
+        if s[4] < 0.0 and s[7] > 0.0 and s[3] > 0.0 and fz[n_blocks - 1] > 0.0:  # fell as the residual rose
+            onset[d] = s[6] / s[3] * np.sqrt(min(s[5], s[6]) / max(s[5], s[6]))
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
