@@ -1,11 +1,10 @@
 """The theft kernels' fast paths against plain loops: DST days (a slot missing or repeated,
 the scalar path) beside regular ones (the vectorised path) at 15 minutes and hourly, the
-sliding sorted window of trailing_robust_z over many window/step settings, quickselect
-medians over groups of every size, and trailing_runs."""
+sliding sorted window of trailing_robust_z over many window/step settings, and quickselect
+medians over groups of every size."""
 
 from __future__ import annotations
 
-import math
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -200,36 +199,3 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
-
-
-def _trailing_run_reference(z: np.ndarray, days: int) -> np.ndarray:
-    filled = np.nan_to_num(z, nan=0.0)
-    out = np.full_like(z, np.nan)
-    for j in range(z.shape[0]):
-        for d in range(z.shape[1]):
-            if np.isnan(z[j, d]):
-                continue
-            runs = []
-            for n in range(1, min(days, z.shape[1], d + 1) + 1):
-                acc = filled[j, d]
-                for i in range(1, n):
-                    acc += filled[j, d - i]
-                runs.append(acc / math.sqrt(n))
-            out[j, d] = max(runs)
-    return out
-
-
-@pytest.mark.parametrize("days", [1, 3, 5, 40])
-def test_trailing_runs_is_the_best_run_ending_each_day(days: int) -> None:
-    """trailing_runs: the max over k <= days of the last k days' sum / sqrt(k), NaN days as
-    0 inside a run and NaN themselves, as twin.theft.trailing_run computes it in numpy."""
-    rng = np.random.default_rng(days)
-    z = rng.normal(size=(5, 30))
-    z[0, 4] = np.nan
-    z[1, :3] = np.nan
-    z[2, :] = 3.0  # a sustained shift: the longest run wins
-    z[3, 10] = np.inf
-    out = np.empty_like(z)
-    k.trailing_runs(z, days, out)
-    assert np.array_equal(out, _trailing_run_reference(z, days), equal_nan=True)
-    assert out[2, -1] == pytest.approx(3.0 * math.sqrt(min(days, 30)))

@@ -699,36 +699,6 @@ def trailing_robust_z(
                     _z_block(values, j, s, min(s + step, n_days), med, scale, out, median_out)
 
 
-_BIG = 1.7976931348623157e308  # numpy.nan_to_num's stand-in for inf
-
-
-@njit(cache=True, nogil=True, parallel=True)
-def trailing_runs(
-    z: np.ndarray,  # float64 [meters, days]
-    days: int,  # longest run
-    out: np.ndarray,  # float64 [meters, days] out: the best run ending each day; NaN where z is
-) -> None:
-    """Per meter-day, the best evidence of a run of days ending that day: the largest over
-    k = 1..days of (z[d] + z[d - 1] + ... + z[d - k + 1]) / sqrt(k), added in that order
-    (twin.theft.trailing_run in one pass, no temporaries). NaN days count as 0 inside a run
-    (inf as numpy.nan_to_num has it); a NaN day itself stays NaN."""
-    n_days = z.shape[1]
-    longest = min(days, n_days)
-    for j in prange(z.shape[0]):
-        for d in range(n_days):
-            x = z[j, d]
-            if x != x:
-                out[j, d] = np.nan
-                continue
-            acc = min(max(x, -_BIG), _BIG)
-            best = acc
-            for n in range(1, min(longest, d + 1)):
-                v = z[j, d - n]
-                acc += 0.0 if v != v else min(max(v, -_BIG), _BIG)
-                best = max(best, acc / np.sqrt(n + 1.0))
-            out[j, d] = best
-
-
 @njit(cache=True, nogil=True)
 def _kth(part: np.ndarray, n: int, k: int) -> float:
     """The k-th smallest of part[:n] (0-based), reordering it so that part[:k] holds the k
@@ -805,4 +775,4 @@ def group_median_mad(
 
 __all__ = ["BAL_CORR", "CV", "FEATURES", "LAG1", "PROFILE_CORR", "TOTAL", "ZERO_H", "ZERO_KWH",
            "balance_corr", "balance_day_fits", "balance_residual", "balance_sums", "clean_residual",
-           "group_median_mad", "meter_day_features", "regular_days", "trailing_robust_z", "trailing_runs"]
+           "group_median_mad", "meter_day_features", "regular_days", "trailing_robust_z"]
