@@ -97,12 +97,14 @@ PATTERN = ("drop", "zero", "cv_high", "cv_low", "lag", "shape")
 def trailing_run(z: np.ndarray, days: int = RUN_DAYS) -> np.ndarray:
     """Per meter-day, the best evidence of a run of days ending that day: the largest over
     k = 1..days of sum(z[d - k + 1 .. d]) / sqrt(k) (a shift that lasts adds up; noise
-    averages out). NaN days count as 0 inside a run; a NaN day itself stays NaN
-    (`twin.kernels.theft.trailing_runs`)."""
-    values = np.ascontiguousarray(z, dtype=np.float64)
-    out = np.empty_like(values)
-    k.trailing_runs(values, days, out)
-    return out
+    averages out). NaN days count as 0 inside a run; a NaN day itself stays NaN."""
+    filled = np.nan_to_num(z, nan=0.0)
+    best = filled.copy()
+    acc = filled.copy()
+    for n in range(1, min(days, z.shape[1])):  # runs of n + 1 days end on days n and after
+        acc[:, n:] += filled[:, :-n]
+        best[:, n:] = np.maximum(best[:, n:], acc[:, n:] / math.sqrt(n + 1))
+    return np.where(np.isnan(z), np.nan, best)
 
 
 @dataclass
