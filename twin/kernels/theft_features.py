@@ -77,20 +77,21 @@ def _pair_sums(row: np.ndarray, res: np.ndarray, lo: int, hi: int) -> tuple[floa
 
 
 @njit(cache=True, nogil=True)
-def _add_run(row: np.ndarray, res: np.ndarray, lo: int, hi: int, s: np.ndarray) -> None:
-    """Add the pairs of [lo, hi) to one block's sums `s` (see balance_block_z)."""
+def _add_run(row: np.ndarray, res: np.ndarray, lo: int, hi: int, sums: np.ndarray, b: int) -> None:
+    """Add the pairs of [lo, hi) to block b's sums (see balance_block_z; indexed in place,
+    no view per call)."""
     n, sxy, sxx, syy, worst, at = _pair_sums(row, res, lo, hi)
-    s[0] += n
-    s[1] += sxy
-    s[2] += sxx
-    s[3] += syy
-    if worst < s[4]:
+    sums[b, 0] += n
+    sums[b, 1] += sxy
+    sums[b, 2] += sxx
+    sums[b, 3] += syy
+    if worst < sums[b, 4]:
         dx = np.float64(row[at]) - np.float64(row[at - 1])
         dr = res[at] - res[at - 1]
-        s[4] = worst
-        s[5] = dx * dx
-        s[6] = dr * dr
-        s[7] = dr
+        sums[b, 4] = worst
+        sums[b, 5] = dx * dx
+        sums[b, 6] = dr * dr
+        sums[b, 7] = dr
 
 
 @njit(cache=True, nogil=True)
@@ -164,7 +165,7 @@ def _meter_days(row: np.ndarray, residual: np.ndarray, g: int, day_bounds: np.nd
             for b in range(n_blocks):
                 lo = max(a + (b * n + n_blocks - 1) // n_blocks, 1)
                 hi = a + ((b + 1) * n + n_blocks - 1) // n_blocks
-                _add_run(row, res, lo, hi, sums[b])
+                _add_run(row, res, lo, hi, sums, b)
         else:
             t = max(a, 1)  # the first reading of the history has no pair
             while t < b_end:  # one run of intervals of the same block at a time
@@ -172,14 +173,14 @@ def _meter_days(row: np.ndarray, residual: np.ndarray, g: int, day_bounds: np.nd
                 e = t + 1
                 while e < b_end and block[e] == b:
                     e += 1
-                _add_run(row, res, t, e, sums[b])
+                _add_run(row, res, t, e, sums, b)
                 t = e
         for b in range(n_blocks):
-            s = sums[b]
-            if s[4] < 0.0:  # leave out the block's most contrary pair
-                fz[b] = _fisher(s[0] - 1.0, s[1] - s[4], s[2] - s[5], s[3] - s[6])
+            if sums[b, 4] < 0.0:  # leave out the block's most contrary pair
+                fz[b] = _fisher(sums[b, 0] - 1.0, sums[b, 1] - sums[b, 4], sums[b, 2] - sums[b, 5],
+                                sums[b, 3] - sums[b, 6])
             else:
-                fz[b] = _fisher(s[0], s[1], s[2], s[3])
+                fz[b] = _fisher(sums[b, 0], sums[b, 1], sums[b, 2], sums[b, 3])
         best = -np.inf
         acc = 0.0
         length = 0
@@ -191,10 +192,13 @@ def _meter_days(row: np.ndarray, residual: np.ndarray, g: int, day_bounds: np.nd
                 best = max(best, acc / np.sqrt(length))
                 target *= 2
         out[d] = best
-        s = sums[n_blocks - 1]
+        last = n_blocks - 1
         onset[d] = 0.0
-        if s[4] < 0.0 and s[7] > 0.0 and s[3] > 0.0 and fz[n_blocks - 1] > 0.0:  # fell as the residual rose
-            onset[d] = s[6] / s[3] * np.sqrt(min(s[5], s[6]) / max(s[5], s[6]))
+        if sums[last, 4] < 0.0 and sums[last, 7] > 0.0 and sums[last, 3] > 0.0 and fz[last] > 0.0:
+            # the reading fell as the residual rose, and the block's other moves agree
+            w_xx = sums[last, 5]
+            w_yy = sums[last, 6]
+            onset[d] = w_yy / sums[last, 3] * np.sqrt(min(w_xx, w_yy) / max(w_xx, w_yy))
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
