@@ -139,6 +139,18 @@ def _day_sums(seg: np.ndarray, bits: np.ndarray, first_after_gap: bool) -> tuple
 
 
 @njit(cache=True, nogil=True)
+def _zero_runs(seg: np.ndarray, zeros: int) -> tuple[int, int]:
+    """(longest run of exact zeros as day_features counts it, the run open at the day's
+    end) over a day without excused spans, `zeros` open when it began. Branch-free (select,
+    not jump): a water meter's zeros come and go at random, which a branch mispredicts."""
+    best = 0
+    for i in range(seg.shape[0]):
+        zeros = zeros + 1 if seg[i] == 0 else 0
+        best = max(best, min(zeros, i + 1))
+    return max(best, zeros), zeros
+
+
+@njit(cache=True, nogil=True)
 def _exact_day(row: np.ndarray, c: int, d: int, lo: int, hi: int, nan_run: int, zeros: int, j: int, j_end: int,
                span_lo: np.ndarray, span_hi: np.ndarray, dark: bool, night: np.ndarray, missing: np.ndarray,
                silent_run: np.ndarray, zero_run: np.ndarray, negative: np.ndarray, rate_max: np.ndarray,
@@ -273,13 +285,7 @@ def day_features(
             if low == 0:
                 zeros = 0
             else:  # readings at 0 (or below): the zero runs, which a gap ends
-                for i in range(lo, hi):
-                    if row[i] == 0:
-                        zeros += 1
-                        best_zero = max(best_zero, min(zeros, i - lo + 1))
-                    else:
-                        zeros = 0
-                best_zero = max(best_zero, zeros)
+                best_zero, zeros = _zero_runs(seg, zeros)
             night_low = np.float32(np.nan)
             n_night = 0
             if dark:  # night readings that follow a known one
