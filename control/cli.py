@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import re
 import sys
+import textwrap
 from datetime import datetime
+from typing import NoReturn
 
 EXAMPLES = {
     "simulate": """\
@@ -35,24 +37,40 @@ examples:
   metertwin emulate scenarios/demo-community.toml --modbus-port 5020 &     # the hardware, apart
   metertwin run --gateways 127.0.0.1:5020,127.0.0.1:5021,...   # ...polled by the platform
 
-The twins are polled over Modbus TCP: the world's gateways listen on free loopback ports
-(or --gateways names a separate emulate's), and [[modbus]] sources in the scenario point
-twins at real hardware.
+Once up it prints where everything is: the dashboard at http://127.0.0.1:PORT/ (overview,
+room grid, twins with their control buttons, alarms, reports, tasks, simulation; sign in
+with a user of this platform), the API docs at /api/docs, the health page at /health, the
+OPC UA server (opc.tcp://127.0.0.1:4840, Basic256Sha256 SignAndEncrypt, docs/opcua.md) and
+the Modbus gateways with their unit ids (register maps: devices/modbus/maps/).
+
+Where the twins' readings come from: the world's emulated gateways on free loopback ports
+(polled over Modbus TCP), or a separate emulate's (--gateways); [[modbus]] tables in the
+scenario point twins at real Modbus hardware, and [[opcua]] tables keep twins in sync from
+an external OPC UA server by subscription (docs/opcua.md, "Twins from OPC UA devices").
 
 On first start it makes an admin user and an admin API key, prints both once and writes
-them to DATA/admin.password and DATA/admin.key (owner-only). A restart with the same
---data resumes the world where it stopped, with history, commands and alarms intact.
-API: http://127.0.0.1:PORT/api/docs. Ctrl-C or SIGTERM stops it cleanly."""
+them to DATA/admin.password and DATA/admin.key (owner-only); add more users with
+`metertwin users add`. A restart with the same --data resumes the world where it stopped,
+with history, commands and alarms intact. Ctrl-C or SIGTERM stops it cleanly."""
 EXAMPLES["keys"] = """\
 examples:
   metertwin keys create --role viewer --name scada     # prints the key once
   metertwin keys list
-  metertwin keys revoke 1a2b3c4d"""
+  metertwin keys revoke 1a2b3c4d
+  curl -H "Authorization: Bearer $(cat data/admin.key)" http://127.0.0.1:8050/api/health
+
+Roles: viewer reads; operator also sends commands, tops up and acknowledges alarms;
+admin also manages keys and users. The platform's --data directory must exist
+(start `metertwin run` once); a running platform sees new keys at once."""
 EXAMPLES["users"] = """\
 examples:
   metertwin users add alice --role operator           # asks for the password
   echo 'a long passphrase' | metertwin users add bob --role viewer --password-stdin
-  metertwin users list"""
+  metertwin users list
+
+Users sign in to the dashboard, the API (HTTP Basic) and the OPC UA server. Roles: viewer
+reads; operator also sends commands, tops up and acknowledges alarms; admin also manages
+keys and users."""
 
 EXAMPLES["bill"] = """\
 examples:
@@ -103,9 +121,29 @@ def parse_days(text: str) -> float:
     return days
 
 
+class CommandParser(argparse.ArgumentParser):
+    """An argument parser whose usage errors are one line naming the fix (exit status 2);
+    subcommand parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        """Print `PROG: error: MESSAGE (see PROG --help)` on stderr and exit with 2."""
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _wrap_descriptions(parser: argparse.ArgumentParser, width: int = 88) -> None:
+    """Fill every one-paragraph description to `width` columns (the raw formatter, which
+    keeps the examples' layout, would print it as one long line)."""
+    for action in parser._actions:  # noqa: SLF001 (argparse has no public walk of its subparsers)
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
+            for sub in action.choices.values():
+                if sub.description and "\n" not in sub.description:
+                    sub.description = textwrap.fill(sub.description, width)
+                _wrap_descriptions(sub, width)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of every subcommand."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="metertwin",
         description="MeterTwin: digital twins, simulation and control for prepaid "
                     "electricity and water. Each command has its own --help with examples.",
@@ -132,9 +170,11 @@ def build_parser() -> argparse.ArgumentParser:
     sim.add_argument("--quiet", action="store_true", help="no progress line")
 
     run = commands.add_parser(
-        "run", help="run the live platform: world, twins, commands, alarms, API",
+        "run", help="run the live platform: world, twins, commands, alarms, dashboard, API, OPC UA",
         description="Run the live platform on one asyncio loop: the scenario's simulated world in scaled "
-                    "real time, the twins, commands, alarms and periodic tasks, and HTTP on 127.0.0.1.",
+                    "real time (or real hardware: [[modbus]] and [[opcua]] sources), the twins, commands, "
+                    "alarms and periodic tasks; the dashboard, the API and the health page over HTTP on "
+                    "127.0.0.1, and the twin tree over OPC UA.",
         epilog=EXAMPLES["run"], formatter_class=argparse.RawDescriptionHelpFormatter)
     run.add_argument("scenario", metavar="SCENARIO", nargs="?", default="scenarios/demo-community.toml",
                      help="scenario TOML file (default scenarios/demo-community.toml)")
@@ -180,32 +220,48 @@ def build_parser() -> argparse.ArgumentParser:
     keys = commands.add_parser("keys", help="make, list and revoke API keys",
                                description="Manage API keys in a data directory.", epilog=EXAMPLES["keys"],
                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    role_help = "viewer reads; operator also commands, tops up, acknowledges; admin also manages access"
+    raw = argparse.RawDescriptionHelpFormatter
     keys_sub = keys.add_subparsers(dest="keys_command", metavar="ACTION", required=True)
-    create = keys_sub.add_parser("create", help="make a key and print it once")
-    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
-    create.add_argument("--name", default="cli", help="what the key is for")
+    create = keys_sub.add_parser(
+        "create", help="make a key and print it once", formatter_class=raw,
+        description="Make an API key and print it once (only its hash is kept).",
+        epilog="example:\n  metertwin keys create --role viewer --name scada --data data")
+    create.add_argument("--role", required=True, choices=["viewer", "operator", "admin"], help=role_help)
+    create.add_argument("--name", default="cli", help="what the key is for (default cli)")
     create.add_argument("--data", default="data", metavar="DIR", help=data_help)
-    listing = keys_sub.add_parser("list", help="list keys (never their secrets)")
+    listing = keys_sub.add_parser("list", help="list keys (never their secrets)", formatter_class=raw,
+                                  description="List API keys: id, role, live or revoked, name.",
+                                  epilog="example:\n  metertwin keys list --data data")
     listing.add_argument("--data", default="data", metavar="DIR", help=data_help)
-    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id")
-    revoke.add_argument("key_id", metavar="KEY_ID")
+    revoke = keys_sub.add_parser("revoke", help="revoke a key by its id", formatter_class=raw,
+                                 description="Revoke an API key by the id `keys list` shows; it stops working at once.",
+                                 epilog="example:\n  metertwin keys revoke 1a2b3c4d --data data")
+    revoke.add_argument("key_id", metavar="KEY_ID", help="the key's id, as `keys list` shows it")
     revoke.add_argument("--data", default="data", metavar="DIR", help=data_help)
 
     users = commands.add_parser("users", help="add and list users", description="Manage users in a data directory.",
                                 epilog=EXAMPLES["users"], formatter_class=argparse.RawDescriptionHelpFormatter)
     users_sub = users.add_subparsers(dest="users_command", metavar="ACTION", required=True)
-    add = users_sub.add_parser("add", help="add a user")
-    add.add_argument("name", metavar="NAME")
-    add.add_argument("--role", required=True, choices=["viewer", "operator", "admin"])
+    add = users_sub.add_parser(
+        "add", help="add a user", formatter_class=raw,
+        description="Add a user who signs in to the dashboard, the API (HTTP Basic) and OPC UA.",
+        epilog="examples:\n  metertwin users add alice --role operator      # asks for the password\n"
+               "  echo 'a long passphrase' | metertwin users add bob --role viewer --password-stdin")
+    add.add_argument("name", metavar="NAME", help="user name")
+    add.add_argument("--role", required=True, choices=["viewer", "operator", "admin"], help=role_help)
     add.add_argument("--password-stdin", action="store_true", help="read the password from standard input")
     add.add_argument("--data", default="data", metavar="DIR", help=data_help)
-    ulist = users_sub.add_parser("list", help="list users")
+    ulist = users_sub.add_parser("list", help="list users", formatter_class=raw,
+                                 description="List users: name, role, disabled.",
+                                 epilog="example:\n  metertwin users list --data data")
     ulist.add_argument("--data", default="data", metavar="DIR", help=data_help)
 
     import importlib
 
     for module in SUBCOMMAND_MODULES:
         importlib.import_module(module).add_parser(commands)
+    _wrap_descriptions(parser)
     return parser
 
 
@@ -217,6 +273,77 @@ def cmd_simulate(args: argparse.Namespace) -> int:
                       step_s=args.step, out=args.out, force=args.force, progress=not args.quiet)
     print(result.report)
     return 0
+
+
+def check_port_free(port: int, what: str, flag: str) -> None:
+    """Raise a one-line ValueError when `port` on 127.0.0.1 cannot be listened on, before
+    anything is built (the servers themselves would fail later, with a traceback)."""
+    import errno
+    import socket
+
+    if port == 0:
+        return
+    if not 0 < port < 65536:
+        raise ValueError(f"{flag} {port}: a port is 1..65535")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as err:
+            why = "is in use (another metertwin run?)" if err.errno == errno.EADDRINUSE else f"failed: {err.strerror}"
+            raise ValueError(f"{what} port 127.0.0.1:{port} {why}: choose another with {flag} P") from None
+
+
+def start_banner(platform: object, args: argparse.Namespace, opcua_port: int | None) -> str:
+    """What `run` prints once it listens: every way in, and the gateways behind the twins."""
+    from control.emulate import gateway_table
+
+    site = platform.scenario.site  # type: ignore[attr-defined]
+    url = f"http://127.0.0.1:{args.port}"
+    lines = [f"metertwin: {site.name or site.id} is live at {args.speed:g}x; Ctrl-C stops",
+             f"  dashboard  {url}/   (sign in with a user of this platform, e.g. admin)",
+             f"  API        {url}/api/docs   (key: Authorization: Bearer $(cat {args.data}/admin.key))",
+             f"  health     {url}/health"]
+    if opcua_port is not None:
+        anonymous = "; plus an anonymous read-only None endpoint" if args.opcua_anonymous else ""
+        lines.append(f"  OPC UA     opc.tcp://127.0.0.1:{opcua_port}   (Basic256Sha256 SignAndEncrypt, this platform's "
+                     f"users; trust client certificates in {args.data}/opcua/trusted/{anonymous}; docs/opcua.md)")
+    modbus = getattr(platform, "modbus", None)
+    emulator = getattr(modbus, "emulator", None)
+    if emulator is not None and emulator.gateways:
+        first = emulator.gateways[0]
+        port = emulator.url(first.units[0].twin).rsplit(":", 1)[-1].split("/")[0]
+        meter = next((u for u in first.units if u.model == "metertwin-pm1"), first.units[0])
+        lines.append("  Modbus     the world's gateways (ports change at each start; register maps, 0-based: "
+                     "devices/modbus/maps/):")
+        lines += [f"    {row}" for row in gateway_table(emulator).splitlines()]
+        lines.append(f"    e.g. mbpoll -m tcp -p {port} -a {meter.unit_id} -t 4 -r 1 -c 25 -1 127.0.0.1   "
+                     f"# {meter.twin} ({meter.model})")
+    elif modbus is not None:
+        lines.append("  Modbus     polling " + ", ".join(modbus.describe()))
+    return "\n".join(lines)
+
+
+async def serve_and_announce(platform: object, args: argparse.Namespace, opcua_port: int | None) -> None:
+    """Serve the platform; print the start banner once HTTP (and OPC UA) accept connections."""
+    import asyncio
+
+    serving = asyncio.create_task(platform.serve(  # type: ignore[attr-defined]
+        port=args.port, opcua_port=opcua_port, opcua_anonymous=args.opcua_anonymous))
+    ports = [args.port] + ([opcua_port] if opcua_port else [])
+    for _ in range(1200):  # up to 2 minutes (OPC UA builds its tree first); then serve on, unannounced
+        if serving.done():
+            break
+        try:
+            for port in ports:
+                _, writer = await asyncio.open_connection("127.0.0.1", port)
+                writer.close()
+        except OSError:
+            await asyncio.sleep(0.1)
+            continue
+        print(start_banner(platform, args, opcua_port), file=sys.stderr, flush=True)
+        break
+    await serving
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -235,30 +362,36 @@ def cmd_run(args: argparse.Namespace) -> int:
                                args.poll, args.per_gateway)
     elif args.gateways:
         raise ValueError("--gateways needs Modbus: drop --no-modbus")
+    if not args.speed >= 0:
+        raise ValueError(f"--speed is simulated seconds per wall second, 0 or more, not {args.speed:g}")
+    check_port_free(args.port, "HTTP", "--port")
+    opcua_port = None if args.no_opcua else args.opcua_port
+    if opcua_port is not None:
+        if opcua_port == args.port:
+            raise ValueError(f"--opcua-port {opcua_port} is the HTTP --port too: give them different ports")
+        check_port_free(opcua_port, "OPC UA", "--opcua-port")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    for chatty in ("pymodbus", "asyncua"):  # their INFO lines ("Repeating....") say nothing to an operator
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     print(f"metertwin: loading {args.scenario} (data in {args.data})", file=sys.stderr)
     platform = Platform(args.scenario, args.data, speed=args.speed, start=args.start, seed=args.seed,
                         webhooks=args.webhook, modbus=modbus)
     if platform.world.now_s > 0:
-        print(f"metertwin: resumed the world at {platform.health()['sim_time']} "
+        now = datetime.fromtimestamp(platform.now(), tz=platform.world.tz)
+        print(f"metertwin: resumed the world at {now:%Y-%m-%d %H:%M} site time "
               f"(replayed in {platform.replay_seconds:.1f}s)", file=sys.stderr)
     made = platform.auth.ensure_admin(platform.data)
     if made is not None:
         password, key = made
         print("metertwin: first start: made the admin user and key; they are shown this once and kept in "
               f"{platform.data}/admin.password and {platform.data}/admin.key", file=sys.stderr)
-        print(f"  admin password: {password}\n  admin API key:  {key}", file=sys.stderr)
-    print(f"metertwin: {platform.scenario.site.name or platform.scenario.site.id} live at "
-          f"http://127.0.0.1:{args.port} (API docs at /api/docs), {args.speed:g}x; Ctrl-C stops",
+        print(f"  admin password: {password}   (dashboard sign-in: user admin)\n  admin API key:  {key}",
+              file=sys.stderr)
+    print(f"metertwin: starting at http://127.0.0.1:{args.port}"
+          + ("" if opcua_port is None else f" and opc.tcp://127.0.0.1:{opcua_port}") + " ...",
           file=sys.stderr, flush=True)
-    if not args.no_opcua:
-        print(f"metertwin: OPC UA on opc.tcp://127.0.0.1:{args.opcua_port} (Basic256Sha256 SignAndEncrypt, users of "
-              f"this platform; client certificates trusted in {platform.data}/opcua/trusted/"
-              f"{'; plus an anonymous read-only None endpoint' if args.opcua_anonymous else ''})",
-              file=sys.stderr, flush=True)
-    asyncio.run(platform.serve(port=args.port, opcua_port=None if args.no_opcua else args.opcua_port,
-                               opcua_anonymous=args.opcua_anonymous))
+    asyncio.run(serve_and_announce(platform, args, opcua_port))
     print("metertwin: stopped cleanly; the world, commands and alarms are saved", file=sys.stderr)
     return 0
 

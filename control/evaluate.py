@@ -260,7 +260,7 @@ def add_parser(commands: Any) -> argparse.ArgumentParser:
     p = commands.add_parser(
         "evaluate", help="score the anomaly and theft detectors against a history's ground truth",
         description="Score the detectors against DIR/ground_truth.csv, per anomaly and theft kind, over "
-                    "meter-days: precision, recall, ROC AUC, detection rate at 5%% false positives, median "
+                    "meter-days: precision, recall, ROC AUC, detection rate at 5% false positives, median "
                     "days to detect.",
         epilog=EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("dir", metavar="DIR", help="history directory (docs/history-format.md) with ground_truth.csv")
