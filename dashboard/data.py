@@ -73,7 +73,9 @@ class RoomIndex:
     """Every room of the site with its twins' rows and its place on the grid, built once.
 
     The grid puts each building's floors as rows (ground floor at the bottom) and its rooms
-    as columns; buildings sit side by side on shelves, one empty column and row between."""
+    as columns; buildings sit side by side on shelves, one empty column and row between, in
+    site order from the top shelf down, as many to a shelf as brings the whole grid closest
+    to a screen's shape (`GRID_ASPECT`)."""
 
     ids: list[str]  #: room ids in site order
     building: list[str]  #: building id per room
@@ -96,7 +98,11 @@ class RoomIndex:
         buildings = [b for b in site.buildings if building is None or b.id == building]
         if not buildings:
             raise KeyError(f"no building {building!r}")
-        per_shelf = max(1, round(len(buildings) ** 0.5))
+        per_shelf = _per_shelf(buildings)
+        shelves = [buildings[s:s + per_shelf] for s in range(0, len(buildings), per_shelf)]
+        shelf_h = [max(len(b.floors) for b in shelf) for shelf in shelves]
+        # the first shelf on top: its floor 1 row sits above every later shelf and its gap
+        shelf_y0 = [sum(h + 2 for h in shelf_h[k + 1:]) for k in range(len(shelves))]
         ids: list[str] = []
         owners: list[str] = []
         accounts: list[str | None] = []
@@ -108,11 +114,9 @@ class RoomIndex:
         for spec in site.twins:
             if spec.room and spec.role == "sub":
                 meters.setdefault(spec.room, {})[spec.kind] = spec.id
-        shelf_y = width = 0
-        for s in range(0, len(buildings), per_shelf):
-            shelf = buildings[s:s + per_shelf]
+        width = 0
+        for shelf, shelf_y in zip(shelves, shelf_y0, strict=True):
             x0 = 0
-            shelf_h = max(len(b.floors) for b in shelf)
             for b in shelf:
                 wide = max((len(f.rooms) for f in b.floors), default=0)
                 for f_index, floor in enumerate(b.floors):
@@ -123,16 +127,34 @@ class RoomIndex:
                         xs.append(x0 + r_index)
                         ys.append(shelf_y + f_index)
                         twins_of[room.id] = list(room.twins)
-                labels.append((b.id, x0 + (wide - 1) / 2, shelf_y + shelf_h - 0.2))
+                labels.append((b.id, x0 + (wide - 1) / 2, shelf_y + len(b.floors) - 0.2))  # just above its roof
                 x0 += wide + 1
             width = max(width, x0 - 1)
-            shelf_y += shelf_h + 2
         room_meters = [meters.get(r, {}) for r in ids]
         return cls(ids, owners, accounts, [m.get(Kind.ELECTRIC_METER) or m.get(Kind.WATER_METER) for m in room_meters],
-                   np.array(xs, dtype=np.int64), np.array(ys, dtype=np.int64), max(width, 1), max(shelf_y - 2, 1),
+                   np.array(xs, dtype=np.int64), np.array(ys, dtype=np.int64), max(width, 1),
+                   max(sum(h + 2 for h in shelf_h) - 2, 1),
                    _rows(platform, Kind.ELECTRIC_METER, [m.get(Kind.ELECTRIC_METER) for m in room_meters]),
                    _rows(platform, Kind.WATER_METER, [m.get(Kind.WATER_METER) for m in room_meters]),
                    _rows(platform, Kind.VALVE, [m.get(Kind.VALVE) for m in room_meters]), labels, twins_of)
+
+
+#: The room grid's preferred width : height in cells (a screen is wider than tall).
+GRID_ASPECT = 2.0
+
+
+def _per_shelf(buildings: list[Any]) -> int:
+    """How many buildings to put side by side on a shelf: the count whose whole grid is
+    closest (by ratio) to `GRID_ASPECT`, fewer shelves on a tie."""
+    widths = [max((len(f.rooms) for f in b.floors), default=0) for b in buildings]
+    heights = [len(b.floors) for b in buildings]
+
+    def misfit(n: int) -> float:
+        width = max(sum(widths[s:s + n]) + len(widths[s:s + n]) - 1 for s in range(0, len(buildings), n))
+        height = sum(max(heights[s:s + n]) + 2 for s in range(0, len(buildings), n)) - 2
+        return abs(np.log(max(width, 1) / max(height, 1) / GRID_ASPECT))
+
+    return min(range(len(buildings), 0, -1), key=misfit)
 
 
 def available_fen(platform: Platform, accounts: list[str | None]) -> np.ndarray:
@@ -212,13 +234,12 @@ def grid_figure(index: RoomIndex, state: np.ndarray, balance: np.ndarray, full: 
         scale += [[i / k, colour], [(i + 1) / k, colour]]
     trace = {"type": "heatmap", "z": z_list, "text": text.tolist(), "customdata": room.tolist(),
              "hovertemplate": "%{text}<extra></extra>", "zmin": -0.5, "zmax": k - 0.5,
-             "colorscale": scale, "xgap": 1, "ygap": 1, "showscale": True,
-             "colorbar": {"tickvals": list(range(k)), "ticktext": list(STATES), "title": {"text": "state"}}}
+             "colorscale": scale, "xgap": 1, "ygap": 1, "showscale": False}  # the page's legend names the colours
     annotations = [{"x": x, "y": y, "text": b, "showarrow": False, "font": {"size": 11}} for b, x, y in index.labels]
     layout = {"margin": {"l": 10, "r": 10, "t": 10, "b": 10}, "annotations": annotations,
               "xaxis": {"visible": False, "fixedrange": False},
               "yaxis": {"visible": False, "scaleanchor": "x"}, "plot_bgcolor": "white",
-              "height": max(360, min(900, 14 * index.height + 40)), "uirevision": "grid"}
+              "height": max(360, min(900, 22 * index.height + 40)), "uirevision": "grid"}
     return {"data": [trace], "layout": layout}
 
 

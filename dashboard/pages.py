@@ -37,6 +37,10 @@ if TYPE_CHECKING:
     from dashboard.app import Dashboard
 
 INJECT_KINDS = (*FAULT_KINDS, *THEFT_KINDS)
+#: A horizontal legend above a chart's top left corner (clear of the title and the tool bar).
+LEGEND_TOP_LEFT = {"orientation": "h", "x": 0, "xanchor": "left", "y": 1.02, "yanchor": "bottom"}
+#: The unit of each twin kind's interval readings.
+TWIN_UNITS = {Kind.ELECTRIC_METER: "kWh", Kind.WATER_METER: "m³", Kind.ELEVATOR: "kWh", Kind.SHARED_CIRCUIT: "kWh"}
 BUTTONS = (("btn-trip", "relay_open", "Trip relay"), ("btn-close", "relay_close", "Close relay"),
            ("btn-valve-close", "valve_close", "Close valve"), ("btn-valve-open", "valve_open", "Open valve"))
 
@@ -60,7 +64,7 @@ def _table(rows: list[dict[str, Any]], columns: list[str] | None = None, limit: 
            table_id: str | None = None) -> html.Table:
     columns = columns or (list(rows[0]) if rows else [])
     head = html.Tr([html.Th(c) for c in columns])
-    body = [html.Tr([html.Td("" if r.get(c) is None else str(r.get(c))) for c in columns]) for r in rows[:limit]]
+    body = [html.Tr([html.Td("–" if r.get(c) is None else str(r.get(c))) for c in columns]) for r in rows[:limit]]
     table = html.Table([html.Thead(head), html.Tbody(body)], className="grid-table")
     if table_id:
         table.id = table_id  # type: ignore[attr-defined]
@@ -103,20 +107,23 @@ def _overview(board: Dashboard) -> tuple[Any, ...]:
 
     ov, states = board.bridge.locked(read)
     times = [datetime.fromtimestamp(int(t), tz=platform.world.tz).isoformat() for t in ov["times"]]
-    load = {"data": [{"type": "bar", "x": times, "y": ov["load_kwh"].round(3).tolist(), "name": "electricity kWh"},
-                     {"type": "scatter", "x": times, "y": ov["water_m3"].round(4).tolist(), "name": "water m3",
+    load = {"data": [{"type": "bar", "x": times, "y": ov["load_kwh"].round(3).tolist(), "name": "electricity, kWh"},
+                     {"type": "scatter", "x": times, "y": ov["water_m3"].round(4).tolist(), "name": "water, m³",
                       "yaxis": "y2"}],
             "layout": {"title": {"text": "Today, per interval"}, "height": 320, "margin": {"t": 40, "b": 40},
-                       "yaxis": {"title": {"text": "kWh"}}, "uirevision": "load",
-                       "yaxis2": {"title": {"text": "m3"}, "overlaying": "y", "side": "right"},
-                       "legend": {"orientation": "h"}}}
+                       "xaxis": {"tickformat": "%H:%M"}, "uirevision": "load",
+                       "yaxis": {"title": {"text": "kWh per interval"}, "rangemode": "tozero"},
+                       "yaxis2": {"title": {"text": "m³ per interval"}, "overlaying": "y", "side": "right",
+                                  "rangemode": "tozero", "showgrid": False, "tickmode": "auto", "nticks": 6},
+                       "legend": LEGEND_TOP_LEFT}}
     counts = data.state_counts(states)
-    bars = {"data": [{"type": "bar", "x": list(counts), "y": list(counts.values()),
-                      "marker": {"color": list(data.COLOURS)}}],
+    bars = {"data": [{"type": "bar", "x": list(counts), "y": list(counts.values()), "text": list(counts.values()),
+                      "textposition": "outside", "cliponaxis": False, "marker": {"color": list(data.COLOURS)},
+                      "hovertemplate": "%{x}: %{y} rooms<extra></extra>"}],
             "layout": {"title": {"text": "Rooms by state"}, "height": 280, "margin": {"t": 40, "b": 40},
-                       "uirevision": "states"}}
+                       "yaxis": {"title": {"text": "rooms"}, "rangemode": "tozero"}, "uirevision": "states"}}
     return (f"{ov['meters_online']:,} / {ov['meters']:,}", f"{ov['alarms_open']:,}",
-            f"{ov['energy_kwh_today']:,.1f} kWh", f"{ov['water_m3_today']:,.2f} m3",
+            f"{ov['energy_kwh_today']:,.1f} kWh", f"{ov['water_m3_today']:,.2f} m³",
             _yuan(ov["income_fen_today"]), f"{ov['open_commands']:,}", load, bars)
 
 
@@ -263,27 +270,30 @@ def _twin_live(board: Dashboard, twin_id: str) -> tuple[Any, ...]:
     if "power_w" in rep:
         cards.append(_card("Power", f"{rep['power_w']:,.0f} W", "twin-power"))
     if "flow_m3h" in rep:
-        cards.append(_card("Flow", f"{rep['flow_m3h']:.3f} m3/h", "twin-flow"))
-    for register, unit in (("energy_kwh", "kWh"), ("volume_m3", "m3")):
+        cards.append(_card("Flow", f"{rep['flow_m3h']:.3f} m³/h", "twin-flow"))
+    for register, unit in (("energy_kwh", "kWh"), ("volume_m3", "m³")):
         if register in rep:
             cards.append(_card("Register", f"{rep[register]:,.2f} {unit}", "twin-register"))
     cards.append(_card("Online", "yes" if rep.get("online", 1) else "NO", "twin-online"))
     if "today_units" in day:
-        unit = "m3" if spec.kind is Kind.WATER_METER else "kWh"
-        cards.append(_card("Today", f"{day['today_units']:,.3f} {unit}", "twin-today"))
+        cards.append(_card("Today", f"{day['today_units']:,.3f} {TWIN_UNITS.get(spec.kind, '')}", "twin-today"))
     if "available_fen" in day:
         cards.append(_card("Available balance", _yuan(day["available_fen"]), "twin-balance"))
         cards.append(_card("Posted balance", _yuan(day["balance_fen"]), "twin-posted"))
-        cards.append(_card("Low-balance level", str(day["low_level"]), "twin-low"))
+        cards.append(_card("Low-balance alarm", f"level {day['low_level']}" if day["low_level"] else "none",
+                           "twin-low"))
     if desired:
         cards.append(_card("Asked, not yet confirmed", ", ".join(f"{k}={v}" for k, v in desired.items()),
                            "twin-desired"))
     t, v = data.downsample(day["times"], day["values"])
-    trend = {"data": [{"type": "scatter", "mode": "lines", "line": {"shape": "hv"},
+    unit = TWIN_UNITS.get(spec.kind, "")
+    trend = {"data": [{"type": "scatter", "mode": "lines", "line": {"shape": "hv"}, "name": unit,
                        "x": [datetime.fromtimestamp(int(x), tz=platform.world.tz).isoformat() for x in t],
-                       "y": [None if np.isnan(y) else round(float(y), 5) for y in v]}],
+                       "y": [None if np.isnan(y) else round(float(y), 5) for y in v],
+                       "hovertemplate": f"%{{x|%m-%d %H:%M}}: %{{y}} {unit}<extra></extra>"}],
              "layout": {"title": {"text": "Last 24 hours, per interval (as reported)"}, "height": 300,
-                        "margin": {"t": 40, "b": 40}, "uirevision": twin_id}}
+                        "margin": {"t": 40, "b": 40}, "uirevision": twin_id,
+                        "yaxis": {"title": {"text": f"{unit} per interval" if unit else ""}, "rangemode": "tozero"}}}
     bands: Any = _table([{"band": b["band"], "units": f"{b['units']:.3f}", "cost": _yuan(b["fen"])}
                     for b in day["bands"]]) if day["bands"] else html.P("No tariff, or no reading today yet.")
     if day["bands"]:
@@ -371,24 +381,41 @@ def alarms_layout(board: Dashboard, role: Role) -> Any:
     ])
 
 
+def _evidence(evidence: dict[str, Any], limit: int = 90) -> str:
+    """An alarm's evidence in a line: money in yuan, numbers rounded, long ones cut."""
+    parts = []
+    for key, value in evidence.items():
+        if key.endswith("_fen") and isinstance(value, int | float):
+            parts.append(f"{key[:-4].replace('_', ' ')} {value / 100:,.2f} yuan")
+        elif isinstance(value, float):
+            parts.append(f"{key.replace('_', ' ')} {value:.4g}")
+        else:
+            parts.append(f"{key.replace('_', ' ')} {value}")
+    text = ", ".join(parts)
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
 def _alarms_view(board: Dashboard, include_cleared: bool, role: Role) -> Any:
     platform = board.platform
     book = platform.alarms
     alarms = sorted(book.alarms.values(), key=lambda a: -a.id) if include_cleared else book.open_alarms()
-    head = ["id", "kind", "twin", "account", "severity", "since", "last seen", "count", "state", ""]
+    head = ["id", "kind", "twin", "account", "evidence", "severity", "since", "last seen", "count", "state", ""]
     rows = []
     for a in alarms[:500]:
         action: Any = ""
         if role >= Role.OPERATOR and a.state.value == "raised":
             action = html.Button("Acknowledge", id={"type": "ack", "alarm": a.id})
         twin = dcc.Link(a.twin, href=f"/twin/{a.twin}") if a.twin else ""
-        rows.append(html.Tr([html.Td(a.id), html.Td(a.kind), html.Td(twin), html.Td(a.account or ""),
+        account_twins = platform.account_twins.get(a.account, []) if a.account else []
+        account: Any = dcc.Link(a.account, href=f"/twin/{account_twins[0]}") if account_twins else (a.account or "")
+        rows.append(html.Tr([html.Td(a.id), html.Td(a.kind), html.Td(twin), html.Td(account),
+                             html.Td(_evidence(a.evidence), className="evidence"),
                              html.Td(a.severity.name.lower()), html.Td(_local(platform, a.start)),
                              html.Td(_local(platform, a.last_seen)), html.Td(a.count),
                              html.Td(a.state.value, id=f"alarm-state-{a.id}"), html.Td(action)]))
     return html.Div([html.P(f"{len(alarms):,} alarms" + (" (first 500 shown)" if len(alarms) > 500 else "")),
                      html.Table([html.Thead(html.Tr([html.Th(h) for h in head])), html.Tbody(rows)],
-                                className="grid-table")])
+                                className="grid-table alarms")])
 
 
 # -- reports ---------------------------------------------------------------------------------
@@ -432,29 +459,50 @@ def report_rows(board: Dashboard, kind: str, period: str, month: str | None) -> 
 
 
 def _report_figure(kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The report's chart: periods (or buildings) as categories, each axis with its unit;
+    a last-year series only where the history holds last year."""
+    axis_title = {"energy": "kWh", "income": "yuan", "orders": "yuan", "bands": "yuan"}.get(kind, "")
+    extra: dict[str, Any] = {}
+    traces: list[dict[str, Any]]
     if kind == "energy" and rows:
         x = [r["period"] for r in rows]
-        traces = [{"type": "bar", "x": x, "y": [r["energy_kwh"] for r in rows], "name": "kWh"},
-                  {"type": "bar", "x": x, "y": [r["energy_kwh_last_year"] for r in rows], "name": "kWh last year"}]
+        traces = [{"type": "bar", "x": x, "y": [r["energy_kwh"] for r in rows], "name": "electricity, kWh"}]
+        if any(r["energy_kwh_last_year"] is not None for r in rows):
+            traces.append({"type": "bar", "x": x, "y": [r["energy_kwh_last_year"] for r in rows],
+                           "name": "electricity last year, kWh"})
+        traces.append({"type": "scatter", "mode": "lines+markers", "x": x, "y": [r["water_m3"] for r in rows],
+                       "name": "water, m³", "yaxis": "y2"})
+        if any(r["water_m3_last_year"] is not None for r in rows):
+            traces.append({"type": "scatter", "mode": "lines+markers", "x": x, "line": {"dash": "dot"},
+                           "y": [r["water_m3_last_year"] for r in rows], "name": "water last year, m³",
+                           "yaxis": "y2"})
+        extra["yaxis2"] = {"title": {"text": "m³"}, "overlaying": "y", "side": "right", "rangemode": "tozero",
+                           "showgrid": False, "tickmode": "auto", "nticks": 6}
     elif kind == "income" and rows:
         x = [r["period"] for r in rows]
-        traces = [{"type": "bar", "x": x, "y": [r.get("paid_in_fen", 0) / 100 for r in rows], "name": "paid in, yuan"},
+        traces = [{"type": "bar", "x": x, "y": [r.get("paid_in_fen", 0) / 100 for r in rows], "name": "paid in"},
                   {"type": "bar", "x": x, "y": [r.get("refunded_fen", 0) / 100 for r in rows], "name": "refunded"}]
     elif kind == "bands" and rows:
         x = [f"{r.get('building')} {r.get('utility')}" for r in rows]
-        traces = [{"type": "bar", "x": x, "y": [r.get("fen", 0) / 100 for r in rows], "name": "yuan"},
-                  {"type": "bar", "x": x, "y": [(r.get("last_year_fen") or 0) / 100 for r in rows],
-                   "name": "yuan last year"}]
+        traces = [{"type": "bar", "x": x, "y": [r.get("fen", 0) / 100 for r in rows], "name": "this month"}]
+        if any(r.get("last_year_fen") is not None for r in rows):
+            traces.append({"type": "bar", "x": x, "y": [(r.get("last_year_fen") or 0) / 100 for r in rows],
+                           "name": "same month last year"})
     elif kind == "orders" and rows:
         by: dict[str, dict[str, float]] = {}
         for r in rows:
             day = by.setdefault(str(r["kind"]), {})
             day[str(r["time"])[:10]] = day.get(str(r["time"])[:10], 0.0) + r["amount_fen"] / 100
-        traces = [{"type": "bar", "x": list(days), "y": list(days.values()), "name": f"{k}, yuan"}
-                  for k, days in by.items()]
+        traces = [{"type": "bar", "x": list(days), "y": list(days.values()), "name": k} for k, days in by.items()]
     else:
-        traces = []
-    return {"data": traces, "layout": {"barmode": "group", "height": 320, "margin": {"t": 30, "b": 60}}}
+        return {"data": [], "layout": {"height": 200, "xaxis": {"visible": False}, "yaxis": {"visible": False},
+                                       "annotations": [{"text": "nothing to show yet", "showarrow": False,
+                                                        "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+                                                        "font": {"size": 16, "color": "#5a6776"}}]}}
+    return {"data": traces, "layout": {
+        "barmode": "group", "height": 320, "margin": {"t": 30, "b": 60}, "showlegend": True,
+        "xaxis": {"type": "category"}, "yaxis": {"title": {"text": axis_title}, "rangemode": "tozero"},
+        "legend": LEGEND_TOP_LEFT, **extra}}
 
 
 # -- tasks -----------------------------------------------------------------------------------
