@@ -263,7 +263,10 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
 
     # stuck
     groups, n_groups = index.group, index.n_groups
-    used = np.maximum.accumulate(np.where(has_data, total, 0.0), axis=1) >= p.stuck_min_use if n_days else has_data
+    # in use from the first day a total reached stuck_min_use (a running max along days, without one)
+    reached = np.where(has_data, total, 0.0) >= p.stuck_min_use
+    first_use = np.where(reached.any(axis=1), reached.argmax(axis=1), n_days)
+    used = np.arange(n_days)[None, :] >= first_use[:, None]
     zero_h = zero_run * interval_h
     stuck = _nan_scores(n_cols, n_days)
     meters = electric | water
