@@ -563,7 +563,8 @@ def _sorted_remove(buf: np.ndarray, n: int, v: float) -> int:
 def _sorted_median_mad(buf: np.ndarray, n: int) -> tuple[float, float]:
     """(median, median absolute deviation) of the sorted buf[:n], n >= 1, without sorting the
     deviations: those below the median and those above it are each already in order, so the
-    middle of both is found by merging the two runs outwards from the median."""
+    middle of both is found by merging the two runs outwards from the median (branch-free
+    steps, as in _merge_in)."""
     h = n // 2
     med = buf[h] if n % 2 else 0.5 * (buf[h - 1] + buf[h])
     hi = 0  # first index with buf[hi] >= med: the deviations above run up from it, those below down from hi - 1
@@ -574,29 +575,30 @@ def _sorted_median_mad(buf: np.ndarray, n: int) -> tuple[float, float]:
     cur = 0.0
     for _ in range(h + 1):  # the h-th smallest deviation (and the one before it)
         prev = cur
-        if lo < 0 or (hi < n and buf[hi] - med <= med - buf[lo]):
-            cur = buf[hi] - med
-            hi += 1
-        else:
-            cur = med - buf[lo]
-            lo -= 1
+        up = buf[hi] - med if hi < n else np.inf
+        down = med - buf[lo] if lo >= 0 else np.inf
+        take_up = (up <= down) & (hi < n)
+        cur = up if take_up else down
+        hi += 1 if take_up else 0
+        lo -= 0 if take_up else 1
     return med, (cur if n % 2 else 0.5 * (prev + cur))
 
 
 @njit(cache=True, nogil=True)
 def _merge_in(win: np.ndarray, n: int, new: np.ndarray, m: int) -> int:
     """Merge the sorted new[:m] into the sorted win[:n] (room for n + m), from the back;
-    the new length."""
+    the new length. Branch-free steps (which side moves is a select): the order of two
+    runs of readings is a coin toss that a branch would mispredict."""
     i = n - 1
     j = m - 1
     w = n + m - 1
     while j >= 0:
-        if i >= 0 and win[i] > new[j]:
-            win[w] = win[i]
-            i -= 1
-        else:
-            win[w] = new[j]
-            j -= 1
+        a = win[i] if i >= 0 else -np.inf
+        b = new[j]
+        take = a > b
+        win[w] = a if take else b
+        i -= 1 if take else 0
+        j -= 0 if take else 1
         w -= 1
     return n + m
 
