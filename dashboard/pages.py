@@ -333,7 +333,8 @@ def _act(board: Dashboard, who: str, twin_id: str, pending: dict[str, Any]) -> t
             command = board.bridge.locked(create)
         except CommandError as err:
             return f"refused: {err}", None
-        return f"{command.action} on {target}: command {command.id} {command.state.value}", command.id
+        return (f"{command.action} on {target}: command {command.id} {command.state.value}; "
+                "its progress shows under Commands"), command.id
     account = platform.twin_specs[twin_id].account
     fen = int(round(float(pending["yuan"]) * 100))
     if not account or fen <= 0:
@@ -822,7 +823,7 @@ def register(app: dash.Dash, board: Dashboard) -> None:
         return task_id or no_update
 
     @app.callback(Output("task-create-result", "children"), Output("task-watch", "data"),
-                  Input("task-create", "n_clicks"),
+                  Output("task-pick", "value"), Input("task-create", "n_clicks"),
                   State("task-name", "value"), State("task-action", "value"), State("task-building", "value"),
                   State("task-floor", "value"), State("task-twins", "value"), State("task-at", "value"),
                   State("task-repeat", "value"), prevent_initial_call=True)
@@ -834,8 +835,9 @@ def register(app: dash.Dash, board: Dashboard) -> None:
         text = _create_task(board, who, {"name": name, "action": action, "building": building, "floor": floor,
                                          "twins": twins, "at": at, "repeat": repeat})
         if text.startswith(("refused", "run at")):
-            return html.Span(text, className="error"), no_update
-        return html.Span(text, className="ok"), text.split()[1]  # watch the new task's items
+            return html.Span(text, className="error"), no_update, no_update
+        task = text.split()[1]
+        return html.Span(text, className="ok"), task, task  # watch the new task's items, picked in the list
 
     @app.callback(Output("sim-speed", "children"), Output("sim-kernel", "children"),
                   Output("sim-injections", "children"), Output("sim-alarms", "children"),
