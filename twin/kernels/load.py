@@ -289,6 +289,50 @@ def day_stats(
                 peak_at[m, d] = a + at
 
 
+@njit(cache=True, nogil=True)
+def band_runs(
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    band: np.ndarray,  # int8 [tariffs, intervals]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The runs of one band in force inside each local day, per tariff row: (run_ptr int64
+    [tariffs, days + 1]: day d of row r holds runs run_ptr[r, d]:run_ptr[r, d + 1]; run_lo,
+    run_hi int64: first interval and the one after; run_band int64). A time-of-use day is
+    a handful of runs (valley, flat, peak, sharp, ...)."""
+    n_rows, n_int = band.shape
+    n_days = day_bounds.shape[0] - 1
+    lo = np.empty(max(n_rows * n_int, 1), dtype=np.int64)
+    hi = np.empty_like(lo)
+    which = np.empty_like(lo)
+    ptr = np.zeros((n_rows, n_days + 1), dtype=np.int64)
+    k = 0
+    for r in range(n_rows):
+        for d in range(n_days):
+            ptr[r, d] = k
+            t = day_bounds[d]
+            end = day_bounds[d + 1]
+            while t < end:
+                e = t + 1
+                while e < end and band[r, e] == band[r, t]:
+                    e += 1
+                lo[k] = t
+                hi[k] = e
+                which[k] = band[r, t]
+                k += 1
+                t = e
+        ptr[r, n_days] = k
+    return ptr, lo[:k], hi[:k], which[:k]
+
+
+@njit(cache=True, nogil=True, fastmath=_FAST)
+def _run_total(row: np.ndarray, lo: int, hi: int) -> float:
+    """Sum of row[lo:hi], missing as 0 (vectorised)."""
+    acc = 0.0
+    for t in range(lo, hi):
+        e = row[t]
+        acc += np.float64(e) if e == e else 0.0
+    return acc
+
+
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
 def band_day_totals(
     matrix: np.ndarray,  # float32 [twins, intervals]
@@ -298,8 +342,23 @@ def band_day_totals(
     n_bands: int,
     out: np.ndarray,  # float64 [twins, days, n_bands] out: energy per band, missing as 0
 ) -> None:
-    """Per twin, local day and time-of-use band: the energy measured in that band."""
+    """Per twin, local day and time-of-use band: the energy measured in that band.
+
+    Speed: where the bands come in runs (a time-of-use day: a few runs of hours), each
+    run's readings are summed in one vectorised loop into its band; bands that change
+    almost every interval take one select per band and reading instead."""
     n_days = day_bounds.shape[0] - 1
+    run_ptr, run_lo, run_hi, run_band = band_runs(day_bounds, band)
+    if run_lo.shape[0] * 4 <= band.shape[0] * band.shape[1]:  # runs of 4 intervals or more, on average
+        for m in prange(matrix.shape[0]):
+            row = matrix[m]
+            r = tariff_of[m]
+            for d in range(n_days):
+                for bb in range(n_bands):
+                    out[m, d, bb] = 0.0
+                for k in range(run_ptr[r, d], run_ptr[r, d + 1]):
+                    out[m, d, run_band[k]] += _run_total(row, run_lo[k], run_hi[k])
+        return
     for m in prange(matrix.shape[0]):
         row = matrix[m]
         bands_of = band[tariff_of[m]]
