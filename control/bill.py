@@ -113,6 +113,9 @@ def bill_meters(scenario: Scenario, history: History, month: str, tariff_name: s
             continue
         rows.append((column, spec, name))
     if not rows:
+        if not any(twin_id in specs for twin_id in history.topology.ids):
+            raise ValueError(f"none of the history's twins is in the scenario (site {scenario.site.id}): "
+                             "give the scenario that made the history")
         raise ValueError("no billed meter in this history: meters need an account and a tariff in the scenario")
     order = sorted({name for *_, name in rows})
     index = {name: i for i, name in enumerate(order)}
@@ -144,6 +147,13 @@ def bill_history(scenario_path: str | Scenario, history_dir: str | History, mont
         month = last_month(history, scenario.site.timezone)
     elif history.end is None:
         raise ValueError(f"{history.directory} holds no readings")
+    else:
+        start, end = month_bounds(month, scenario.site.timezone)
+        if history.start is None or end <= history.start or start >= history.end:
+            first = f"{datetime.fromtimestamp(history.start or history.end, tz=ZoneInfo(scenario.site.timezone)):%Y-%m}"
+            last = last_month(history, scenario.site.timezone)
+            held = first if first == last else f"{first} to {last}"
+            raise ValueError(f"--month {month} is outside the history, which holds {held}: pick a month in it")
     bills, band_names = bill_meters(scenario, history, month, tariff_name)
     lines: dict[tuple[str, str], Line] = {}
     for bill in bills:

@@ -465,8 +465,10 @@ def main(argv: list[str] | None = None) -> int:
     except ScenarioError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    except (FileExistsError, FileNotFoundError, ValueError, KeyError) as err:
-        message = err.args[0] if isinstance(err, KeyError) and err.args else err
+    except (OSError, ValueError, KeyError) as err:
+        message: object = err.args[0] if isinstance(err, KeyError) and err.args else err
+        if isinstance(err, OSError) and err.filename is not None:  # raised by the system, not by us
+            message = f"{err.filename}: {err.strerror or err}"
         print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -173,8 +173,14 @@ def _num(value: float | None, digits: int = 1) -> str:
 MAX_BUILDINGS_SHOWN = 12
 
 
-def _building_line(r: dict[str, Any]) -> str:
-    return (f"  {r['building']:<10}{_num(r['electric_sub_kwh']):>14}{_num(r['electric_master_kwh']):>14}"
+def _millions(rate: float) -> str:
+    """A rate in millions, one decimal below 10 M (so a small run does not read 0)."""
+    millions = rate / 1e6
+    return f"{millions:.1f}" if millions < 10 else f"{millions:,.0f}"
+
+
+def _building_line(r: dict[str, Any], width: int = 10) -> str:
+    return (f"  {r['building']:<{width}}{_num(r['electric_sub_kwh']):>14}{_num(r['electric_master_kwh']):>14}"
             f"{_num(r['electric_gap_kwh']):>11}{_num(r['electric_gap_pct'], 2):>8}"
             f"{_num(r['water_sub_m3']):>11}{_num(r['water_master_m3']):>11}{_num(r['water_gap_pct'], 2):>8}")
 
@@ -202,49 +208,57 @@ def render(summary: RunSummary, timing: dict[str, float], out_dir: str) -> str:
     counts = summary.twin_counts()
     lines.append("twins: " + ", ".join(f"{v:,} {k.replace('_', ' ')}" for k, v in counts.items() if v)
                  + f"  ({sum(counts.values()):,} in all)")
-    lines.append(f"simulated: {w.days:g} days from {w.start:%Y-%m-%d %H:%M} ({w.site.timezone}), "
+    lines.append(f"simulated: {w.days:g} day{'' if w.days == 1 else 's'} from {w.start:%Y-%m-%d %H:%M} "
+                 f"({w.site.timezone}), "
                  f"step {w.step_s}s, interval {w.interval_s // 60} min, seed {w.seed}")
-    lines.append(f"speed: {timing['kernel_rate'] / 1e6:,.0f} M meter-steps/s in the kernels, "
-                 f"{timing['wall_rate'] / 1e6:,.0f} M/s end to end; {timing['wall']:.1f}s wall, "
+    lines.append(f"speed: {_millions(timing['kernel_rate'])} M meter-steps/s in the kernels, "
+                 f"{_millions(timing['wall_rate'])} M/s end to end; {timing['wall']:.1f}s wall, "
                  f"{timing['kernel_seconds']:.1f}s in kernels, "
                  f"{timing['speedup']:,.0f}x faster than real time")
     lines += ["", "per building (reported; gap = master - sub-meters = losses + theft + faults):"]
-    header = f"  {'building':<10}{'kWh sub':>14}{'kWh master':>14}{'gap kWh':>11}{'gap %':>8}" \
+    table = summary.buildings_table()
+    total = _site_total(table, w.site.id)
+    width = max(10, *(len(str(r["building"])) + 2 for r in [*table, total]))
+    header = f"  {'building':<{width}}{'kWh sub':>14}{'kWh master':>14}{'gap kWh':>11}{'gap %':>8}" \
              f"{'m3 sub':>11}{'m3 master':>11}{'gap %':>8}"
     lines.append(header)
-    table = summary.buildings_table()
     shown = table if len(table) <= MAX_BUILDINGS_SHOWN else sorted(
         table, key=lambda r: -abs(r["electric_gap_pct"] or 0.0))[:MAX_BUILDINGS_SHOWN]
     for r in shown:
-        lines.append(_building_line(r))
+        lines.append(_building_line(r, width))
     if len(shown) < len(table):
         lines.append(f"  ... the {len(shown)} largest electric gaps of {len(table)} buildings shown; "
                      "all are in summary.json")
-    lines.append(_building_line(_site_total(table, w.site.id)))
+    lines.append(_building_line(total, width))
     s = summary.shape()
-    lines += ["", f"load shape ({s.get('households', 0):,} households, truth):"]
+    households = s.get("households", 0)
+    lifts = any(s.get(key) is not None for key in ("elevator_trips_per_day", "elevator_kwh_per_trip"))
+    lines += ["", f"load shape ({households:,} households, truth):" if households else
+              "load shape: no households in this scenario (its figures describe homes)" + (":" if lifts else "")]
 
     def fig(label: str, key: str, fmt: str, goal: str) -> None:
         value = s.get(key)
         text = "n/a" if value is None else format(value, fmt)
         lines.append(f"  {label:<40}{text:>12}   {goal}")
 
-    fig("electricity per household, kWh/30 days", "kwh_per_30_days_mean", ",.0f", "goal 150-300")
-    if "kwh_per_30_days_p10" in s:
-        p10, p90 = s["kwh_per_30_days_p10"], s["kwh_per_30_days_p90"]
-        lines.append(f"  {'  P10 - P90':<40}{p10:>6.0f} - {p90:<5.0f}")
-    fig("evening peak hour (mean power)", "peak_hour", "d", "goal 19-21 (19:00-22:00)")
-    fig("night minimum / peak", "night_min_to_peak", ".2f", "goal < 0.40")
-    fig("weekend / weekday daily energy", "weekend_to_weekday", ".2f", "goal != 1")
-    fig("summer (Jul-Aug) / spring (Apr-May)", "summer_to_spring", ".2f",
-        "goal 1.3-2.0" + ("" if "summer_to_spring" in s else " (run through spring and summer)"))
-    fig("daily energy CV per household, median", "daily_cv_median", ".2f", "goal >= 0.20")
-    fig("water per household, m3/30 days", "water_m3_per_30_days_mean", ".1f", "")
-    fig("water night minimum / peak", "water_night_min_to_peak", ".2f", "goal < 0.2")
-    fig("water morning peak hour", "water_morning_peak_hour", "d", "")
-    fig("water evening peak hour", "water_evening_peak_hour", "d", "")
-    fig("elevator trips per elevator per day", "elevator_trips_per_day", ",.0f", "")
-    fig("elevator kWh per trip", "elevator_kwh_per_trip", ".3f", "")
+    if households:
+        fig("electricity per household, kWh/30 days", "kwh_per_30_days_mean", ",.0f", "goal 150-300")
+        if "kwh_per_30_days_p10" in s:
+            p10, p90 = s["kwh_per_30_days_p10"], s["kwh_per_30_days_p90"]
+            lines.append(f"  {'  P10 - P90':<40}{p10:>6.0f} - {p90:<5.0f}")
+        fig("evening peak hour (mean power)", "peak_hour", "d", "goal 19-21 (19:00-22:00)")
+        fig("night minimum / peak", "night_min_to_peak", ".2f", "goal < 0.40")
+        fig("weekend / weekday daily energy", "weekend_to_weekday", ".2f", "goal != 1")
+        fig("summer (Jul-Aug) / spring (Apr-May)", "summer_to_spring", ".2f",
+            "goal 1.3-2.0" + ("" if "summer_to_spring" in s else " (run through spring and summer)"))
+        fig("daily energy CV per household, median", "daily_cv_median", ".2f", "goal >= 0.20")
+        fig("water per household, m3/30 days", "water_m3_per_30_days_mean", ".1f", "")
+        fig("water night minimum / peak", "water_night_min_to_peak", ".2f", "goal < 0.2")
+        fig("water morning peak hour", "water_morning_peak_hour", "d", "")
+        fig("water evening peak hour", "water_evening_peak_hour", "d", "")
+    if households or lifts:
+        fig("elevator trips per elevator per day", "elevator_trips_per_day", ",.0f", "")
+        fig("elevator kWh per trip", "elevator_kwh_per_trip", ".3f", "")
     if summary.billing is not None:
         f = summary.billing
         revenue = ", ".join(f"{u} {fen / 100:,.0f} yuan" for u, fen in sorted(f.revenue_fen.items()))

@@ -104,3 +104,9 @@ def test_errors_are_one_line(history, capsys):
     assert "--tariff 'cheap' is not in the scenario; it has: power, tou, water" in capsys.readouterr().err
     assert main(["bill", str(scenario), str(directory), "--month", "January"]) == 2
     assert "use YYYY-MM" in capsys.readouterr().err
+    assert main(["bill", str(scenario), str(directory), "--month", "2024-06"]) == 2  # not a month of zeros
+    assert "--month 2024-06 is outside the history, which holds 2026-01" in capsys.readouterr().err
+    other = scenario.with_name("other.toml")
+    other.write_text(scenario.read_text().replace('"B01', '"C01').replace('"A-B01', '"A-C01'))  # another site
+    assert main(["bill", str(other), str(directory)]) == 2
+    assert "none of the history's twins is in the scenario" in capsys.readouterr().err
