@@ -82,6 +82,23 @@ def parse_time(text: str, timezone: str, option: str) -> int:
     return int(value.timestamp())
 
 
+def check_reachable(url: str, timeout_s: float = 5.0) -> None:
+    """Raise a one-line ValueError when nothing listens at the URL's host and port (a wrong
+    --influx-url, a server not started), before reading the history or retrying for minutes."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"--influx-url {url!r}: use http(s)://HOST:PORT, for example http://127.0.0.1:8428")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    try:
+        socket.create_connection((parts.hostname, port), timeout=timeout_s).close()
+    except OSError as err:
+        raise ValueError(f"cannot reach {parts.hostname}:{port} ({err.strerror or err}): check --influx-url and "
+                         "that the server is running") from None
+
+
 def _iso(t: int, timezone: str) -> str:
     return datetime.fromtimestamp(t, tz=ZoneInfo(timezone)).isoformat()
 
@@ -167,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
     first += -first % step  # whole intervals only
     end -= end % step
     target = Target(args.influx_url, args.token, args.org, args.bucket)
+    check_reachable(args.influx_url)
     writer = Writer(target)
     lines = ReadingLines(topo)
     total = max((end - first) // step, 0)

@@ -496,8 +496,12 @@ def test_export_backfills_a_simulated_history(vm, tmp_path):
 
 
 def test_export_says_where_to_resume_when_the_server_is_away(tmp_path, capsys):
-    """With nothing listening, export gives up after --retry-for, exits 1 and names the
-    --from to run it again with."""
+    """With nothing listening, export stops at once: one line naming the address, exit 2.
+    With a server that takes connections and drops every request, it gives up after
+    --retry-for, exits 1 and names the --from to run it again with."""
+    import socket
+    import threading
+
     from control.cli import main
     from control.simulate import simulate
 
@@ -505,10 +509,36 @@ def test_export_says_where_to_resume_when_the_server_is_away(tmp_path, capsys):
     scenario = tmp_path / "export.toml"
     scenario.write_text(SCENARIO.format(site="S-noexport"))
     simulate(str(scenario), days=0.25, start=start, out=str(tmp_path / "hist"), progress=False)
-    url = f"http://127.0.0.1:{free_tcp_port()}"
-    assert main(["export", str(tmp_path / "hist"), "--influx-url", url, "--quiet", "--retry-for", "0.5"]) == 1
-    assert "run again with --from" in capsys.readouterr().err
+    port = free_tcp_port()
+    url = f"http://127.0.0.1:{port}"
+    assert main(["export", str(tmp_path / "hist"), "--influx-url", url, "--quiet", "--retry-for", "0.5"]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot reach 127.0.0.1:{port}" in err and "--influx-url" in err and len(err.splitlines()) == 1
     assert main(["export", str(tmp_path / "nowhere"), "--influx-url", url]) == 2
+    capsys.readouterr()
+
+    dropper = socket.create_server(("127.0.0.1", 0))
+    dropper.settimeout(0.2)
+    stop = threading.Event()
+
+    def drop_every_request() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = dropper.accept()
+            except TimeoutError:
+                continue
+            conn.close()
+
+    thread = threading.Thread(target=drop_every_request, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{dropper.getsockname()[1]}"
+        assert main(["export", str(tmp_path / "hist"), "--influx-url", url, "--quiet", "--retry-for", "0.5"]) == 1
+    finally:
+        stop.set()
+        thread.join()
+        dropper.close()
+    assert "run again with --from" in capsys.readouterr().err
 
 
 SCENARIO = """\
