@@ -290,7 +290,7 @@ def check_port_free(port: int, what: str, flag: str) -> None:
         try:
             probe.bind(("127.0.0.1", port))
         except OSError as err:
-            why = "is in use (another metertwin run?)" if err.errno == errno.EADDRINUSE else f"failed: {err.strerror}"
+            why = "is in use (another metertwin?)" if err.errno == errno.EADDRINUSE else f"failed: {err.strerror}"
             raise ValueError(f"{what} port 127.0.0.1:{port} {why}: choose another with {flag} P") from None
 
 

@@ -213,6 +213,17 @@ def run(args: argparse.Namespace) -> int:
     gateways = layout(scenario.site, per_gateway=args.per_gateway)
     if not gateways:
         raise ValueError(f"{args.scenario}: the site has no metered twins to emulate")
+    if args.modbus_port:  # every gateway's port before the world is built (pymodbus would log a bind error)
+        from control.cli import check_port_free
+
+        tcp = range(1 if args.rtu else 0, len(gateways))
+        if args.host in ("127.0.0.1", "localhost"):
+            for i in tcp:
+                try:
+                    check_port_free(args.modbus_port + i, f"Modbus gateway {gateways[i].name}", "--modbus-port")
+                except ValueError as err:
+                    raise ValueError(f"{err} (gateway i listens on --modbus-port + i: {len(gateways)} "
+                                     f"gateways from {args.modbus_port}; 0 picks free ports)") from None
     start = args.start or aligned_now(scenario.site.timezone, scenario.interval_s)
     print(f"metertwin: building the world of {args.scenario} from {start:%Y-%m-%d %H:%M}", file=sys.stderr)
     world = World(scenario, seed=args.seed, start=start, days=LIVE_DAYS, live=True)

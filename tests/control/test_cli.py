@@ -77,3 +77,17 @@ def test_help_text_has_no_stray_format_marks(capsys):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert "%%" not in capsys.readouterr().out, command
+
+
+def test_emulate_on_a_port_in_use_says_so(capsys):
+    """`emulate` whose gateway port another program holds: one line naming the port and
+    --modbus-port, exit 2, before the world is built."""
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        code = main(["emulate", "scenarios/mall.toml", "--modbus-port", str(port)])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert f"127.0.0.1:{port}" in err and "--modbus-port" in err and "building the world" not in err
+    assert len(err.strip().splitlines()) == 1
