@@ -4,11 +4,13 @@ with an example, and a user's mistake is one line on stderr with exit status 2."
 from __future__ import annotations
 
 import socket
+from pathlib import Path
 
 import pytest
 
 from control.cli import main
 
+MALL = str(Path(__file__).resolve().parents[2] / "scenarios" / "mall.toml")
 COMMANDS = ["simulate", "run", "bill", "keys", "users", "emulate", "export", "evaluate",
             "keys create", "keys list", "keys revoke", "users add", "users list"]
 
@@ -86,7 +88,7 @@ def test_emulate_on_a_port_in_use_says_so(capsys):
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        code = main(["emulate", "scenarios/mall.toml", "--modbus-port", str(port)])
+        code = main(["emulate", MALL, "--modbus-port", str(port)])
     err = capsys.readouterr().err
     assert code == 2
     assert f"127.0.0.1:{port}" in err and "--modbus-port" in err and "building the world" not in err
