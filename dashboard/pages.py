@@ -55,6 +55,12 @@ def _yuan(fen: float | None) -> str:
     return "–" if fen is None else f"{fen / 100:,.2f} yuan"
 
 
+def _no_data(text: str) -> dict[str, Any]:
+    """A chart's note in the middle of its plot when it has nothing to draw."""
+    return {"text": text, "showarrow": False, "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
+            "font": {"size": 16, "color": "#5a6776"}}
+
+
 def _card(label: str, value: Any, card_id: str) -> html.Div:
     return html.Div(className="card", children=[html.Div(label, className="label"),
                                                 html.Div(value, className="value", id=card_id)])
@@ -107,15 +113,18 @@ def _overview(board: Dashboard) -> tuple[Any, ...]:
 
     ov, states = board.bridge.locked(read)
     times = [datetime.fromtimestamp(int(t), tz=platform.world.tz).isoformat() for t in ov["times"]]
-    load = {"data": [{"type": "bar", "x": times, "y": ov["load_kwh"].round(3).tolist(), "name": "electricity, kWh"},
-                     {"type": "scatter", "x": times, "y": ov["water_m3"].round(4).tolist(), "name": "water, m³",
-                      "yaxis": "y2"}],
-            "layout": {"title": {"text": "Today, per interval"}, "height": 320, "margin": {"t": 40, "b": 40},
-                       "xaxis": {"tickformat": "%H:%M"}, "uirevision": "load",
-                       "yaxis": {"title": {"text": "kWh per interval"}, "rangemode": "tozero"},
-                       "yaxis2": {"title": {"text": "m³ per interval"}, "overlaying": "y", "side": "right",
-                                  "rangemode": "tozero", "showgrid": False, "tickmode": "auto", "nticks": 6},
-                       "legend": LEGEND_TOP_LEFT}}
+    load: dict[str, Any] = {
+        "data": [{"type": "bar", "x": times, "y": ov["load_kwh"].round(3).tolist(), "name": "electricity, kWh"},
+                 {"type": "scatter", "x": times, "y": ov["water_m3"].round(4).tolist(), "name": "water, m³",
+                  "yaxis": "y2"}],
+        "layout": {"title": {"text": "Today, per interval"}, "height": 320, "margin": {"t": 40, "b": 40},
+                   "xaxis": {"tickformat": "%H:%M"}, "uirevision": "load",
+                   "yaxis": {"title": {"text": "kWh per interval"}, "rangemode": "tozero"},
+                   "yaxis2": {"title": {"text": "m³ per interval"}, "overlaying": "y", "side": "right",
+                              "rangemode": "tozero", "showgrid": False, "tickmode": "auto", "nticks": 6},
+                   "legend": LEGEND_TOP_LEFT}}
+    if not times:
+        load["layout"]["annotations"] = [_no_data("no interval has closed yet today")]
     counts = data.state_counts(states)
     bars = {"data": [{"type": "bar", "x": list(counts), "y": list(counts.values()), "text": list(counts.values()),
                       "textposition": "outside", "cliponaxis": False, "marker": {"color": list(data.COLOURS)},
@@ -287,13 +296,16 @@ def _twin_live(board: Dashboard, twin_id: str) -> tuple[Any, ...]:
                            "twin-desired"))
     t, v = data.downsample(day["times"], day["values"])
     unit = TWIN_UNITS.get(spec.kind, "")
-    trend = {"data": [{"type": "scatter", "mode": "lines", "line": {"shape": "hv"}, "name": unit,
-                       "x": [datetime.fromtimestamp(int(x), tz=platform.world.tz).isoformat() for x in t],
-                       "y": [None if np.isnan(y) else round(float(y), 5) for y in v],
-                       "hovertemplate": f"%{{x|%m-%d %H:%M}}: %{{y}} {unit}<extra></extra>"}],
-             "layout": {"title": {"text": "Last 24 hours, per interval (as reported)"}, "height": 300,
-                        "margin": {"t": 40, "b": 40}, "uirevision": twin_id,
-                        "yaxis": {"title": {"text": f"{unit} per interval" if unit else ""}, "rangemode": "tozero"}}}
+    trend: dict[str, Any] = {
+        "data": [{"type": "scatter", "mode": "lines", "line": {"shape": "hv"}, "name": unit,
+                  "x": [datetime.fromtimestamp(int(x), tz=platform.world.tz).isoformat() for x in t],
+                  "y": [None if np.isnan(y) else round(float(y), 5) for y in v],
+                  "hovertemplate": f"%{{x|%m-%d %H:%M}}: %{{y}} {unit}<extra></extra>"}],
+        "layout": {"title": {"text": "Last 24 hours, per interval (as reported)"}, "height": 300,
+                   "margin": {"t": 40, "b": 40}, "uirevision": twin_id,
+                   "yaxis": {"title": {"text": f"{unit} per interval" if unit else ""}, "rangemode": "tozero"}}}
+    if not len(t):
+        trend["layout"]["annotations"] = [_no_data("no reading in the last 24 hours yet")]
     bands: Any = _table([{"band": b["band"], "units": f"{b['units']:.3f}", "cost": _yuan(b["fen"])}
                     for b in day["bands"]]) if day["bands"] else html.P("No tariff, or no reading today yet.")
     if day["bands"]:
@@ -497,9 +509,7 @@ def _report_figure(kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
         traces = [{"type": "bar", "x": list(days), "y": list(days.values()), "name": k} for k, days in by.items()]
     else:
         return {"data": [], "layout": {"height": 200, "xaxis": {"visible": False}, "yaxis": {"visible": False},
-                                       "annotations": [{"text": "nothing to show yet", "showarrow": False,
-                                                        "xref": "paper", "yref": "paper", "x": 0.5, "y": 0.5,
-                                                        "font": {"size": 16, "color": "#5a6776"}}]}}
+                                       "annotations": [_no_data("nothing to show yet")]}}
     return {"data": traces, "layout": {
         "barmode": "group", "height": 320, "margin": {"t": 30, "b": 60}, "showlegend": True,
         "xaxis": {"type": "category"}, "yaxis": {"title": {"text": axis_title}, "rangemode": "tozero"},
