@@ -97,14 +97,21 @@ _LOWEST = np.int32(-(2**31))  # below every key
 @njit(cache=True, nogil=True, inline="always")
 def _sort_key(x: np.int32) -> np.int32:
     """float32 bits (as int32) to an int32 that orders as the float does (-0.0 and 0.0 get
-    the same key); NaN must be screened out before."""
-    sign = x >> 31
-    return (x ^ (sign & _ABS)) - sign
+    the same key); NaN must be screened out before. Every step cast back to int32: numba
+    widens int32 arithmetic to int64, which vectorises at half the width, or not at all."""
+    sign = np.int32(x >> np.int32(31))
+    return np.int32(np.int32(x ^ np.int32(sign & _ABS)) - sign)
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _is_nan(x: np.int32) -> bool:
+    """The float32 whose bits are x is NaN."""
+    return bool(np.int32(x & _ABS) > _INF_BITS)
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
 def _day_sums(seg: np.ndarray, bits: np.ndarray, first_after_gap: bool) -> tuple:  # type: ignore[type-arg]
-    """One branch-free pass over a day's readings (`bits` is the same memory as int32):
+    """Two branch-free passes over a day's readings (`bits` is the same memory as int32):
     (sum, missing, readings at or below 0, sum of |negatives|, sort key of the largest
     reading that follows a known one, _LOWEST when none). The first reading follows a gap
     when `first_after_gap`. Integer keys, not a float max, because an integer max that
@@ -112,29 +119,26 @@ def _day_sums(seg: np.ndarray, bits: np.ndarray, first_after_gap: bool) -> tuple
     n = seg.shape[0]
     acc = 0.0
     neg = 0.0
-    miss = np.int32(0)
     low = np.int32(0)
+    for i in range(n):
+        v = np.float64(seg[i])
+        acc += v if v == v else 0.0
+        neg += -v if v < 0 else 0.0
+        low = np.int32(low + (np.int32(1) if v <= 0 else np.int32(0)))
+    miss = np.int32(0)
     top = _LOWEST
     if n == 0:
         return acc, miss, low, neg, top
     x = bits[0]
-    nan = (x & _ABS) > _INF_BITS
-    v = np.float64(seg[0])
-    acc += 0.0 if nan else v
-    neg += -v if v < 0 else 0.0
-    miss += np.int32(1) if nan else np.int32(0)
-    low += np.int32(1) if v <= 0 else np.int32(0)
+    nan = _is_nan(x)
+    miss = np.int32(1) if nan else np.int32(0)
     top = _LOWEST if nan or first_after_gap else _sort_key(x)
     for i in range(1, n):
         x = bits[i]
-        nan = (x & _ABS) > _INF_BITS
-        after_gap = (bits[i - 1] & _ABS) > _INF_BITS
-        v = np.float64(seg[i])
-        acc += 0.0 if nan else v
-        neg += -v if v < 0 else 0.0
-        miss += np.int32(1) if nan else np.int32(0)
-        low += np.int32(1) if v <= 0 else np.int32(0)
-        top = max(top, _LOWEST if nan or after_gap else _sort_key(x))
+        nan = _is_nan(x)
+        miss = np.int32(miss + (np.int32(1) if nan else np.int32(0)))
+        key = _LOWEST if nan or _is_nan(bits[i - 1]) else _sort_key(x)
+        top = np.int32(max(top, key))
     return acc, miss, low, neg, top
 
 
