@@ -235,8 +235,10 @@ def calendar_of_history(history: History, start_utc: int, end_utc: int) -> Calen
 def _sort_key(x: np.int32) -> np.int32:
     """float32 bits (as int32) to an int32 that orders as the float does; -0.0 and 0.0
     get the same key. NaN must be screened out before: its key is meaningless."""
-    sign = x >> 31  # -1 for negative floats, else 0
-    return (x ^ (sign & _ABS)) - sign
+    sign = np.int32(x >> np.int32(31))  # -1 for negative floats, else 0
+    # every step cast back: numba widens int32 arithmetic to int64, which vectorises at half
+    # the width, or not at all
+    return np.int32(np.int32(x ^ np.int32(sign & _ABS)) - sign)
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
@@ -272,13 +274,13 @@ def day_stats(
             gaps = np.int32(0)
             for i in range(n):
                 x = seg_bits[i]
-                nan = (x & _ABS) > _INF_BITS
-                gaps += np.int32(1) if nan else np.int32(0)
-                top = max(top, _LOWEST if nan else _sort_key(x))
+                nan = np.int32(x & _ABS) > _INF_BITS
+                gaps = np.int32(gaps + (np.int32(1) if nan else np.int32(0)))
+                top = np.int32(max(top, _LOWEST if nan else _sort_key(x)))
             at = n
             for i in range(n):  # the first interval holding the peak: an integer min, vectorised
                 x = seg_bits[i]
-                at = min(at, np.int32(i) if _sort_key(x) == top else n)
+                at = np.int32(min(at, np.int32(i) if _sort_key(x) == top else n))
             totals[m, d] = total
             missing[m, d] = gaps
             if gaps == n:
