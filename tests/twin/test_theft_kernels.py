@@ -1,7 +1,8 @@
 """The theft kernels' fast paths against plain loops: DST days (a slot missing or repeated,
 the scalar path) beside regular ones (the vectorised path) at 15 minutes and hourly, the
-sliding sorted window of trailing_robust_z over many window/step settings, and quickselect
-medians over groups of every size."""
+sliding sorted window of trailing_robust_z over many window/step settings, quickselect
+medians over groups of every size, and balance_block_z's meters scored side by side
+(lanes) against a plain loop per meter."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 
 from twin.kernels import theft as k
+from twin.kernels import theft_features as kf
 from twin.kernels.load import local_calendar
 
 BERLIN = "Europe/Berlin"
@@ -127,6 +129,78 @@ def test_features_on_dst_and_regular_days_match_plain_loops(month: int, interval
     assert np.allclose(out, ref, equal_nan=True, rtol=1e-9, atol=1e-9)
     assert out[k.ZERO_H, 0].max() >= 30 * cal.interval_h * (interval_s == 900)
     assert np.isnan(out[k.LAG1, 2]).all()  # the flat meter
+
+
+def _block_z_reference(m: np.ndarray, meters: np.ndarray, rrow: np.ndarray, res: np.ndarray, bounds: np.ndarray,
+                       block: np.ndarray, n_blocks: int) -> np.ndarray:
+    """balance_block_z as a plain loop per meter, day and block, any day (the block of each
+    pair is block[t] of its later reading): [2, meters, days] of the best standardised sum
+    of the day's last 1, 2, 4 ... Fisher z (most contrary pair left out) and the onset."""
+    n_days = bounds.size - 1
+    out = np.full((2, meters.size, n_days), np.nan)
+    for j, c in enumerate(meters):
+        if rrow[j] < 0:
+            continue
+        x = np.diff(m[c].astype(np.float64), prepend=np.nan)
+        r = np.diff(res[rrow[j]], prepend=np.nan)
+        for d in range(n_days):
+            z, onset = [], 0.0
+            for b in range(n_blocks):
+                t = np.arange(bounds[d], bounds[d + 1])
+                t = t[block[t] == b]
+                ok = np.isfinite(x[t]) & np.isfinite(r[t])
+                xs, rs = x[t][ok], r[t][ok]
+                if xs.size and (xs * rs).min() < 0:
+                    worst = int(np.argmin(xs * rs))  # the first of equals
+                    if b == n_blocks - 1 and xs[worst] < 0 < rs[worst]:
+                        onset = rs[worst] ** 2 / (rs * rs).sum() * np.sqrt(
+                            min(xs[worst] ** 2, rs[worst] ** 2) / max(xs[worst] ** 2, rs[worst] ** 2))
+                    xs, rs = np.delete(xs, worst), np.delete(rs, worst)
+                sxx, srr = (xs * xs).sum(), (rs * rs).sum()
+                if xs.size <= 3 or sxx <= 0 or srr <= 0:
+                    z.append(0.0)
+                    continue
+                rho = np.clip((xs * rs).sum() / np.sqrt(sxx * srr), -kf.R_CLIP, kf.R_CLIP)
+                z.append(np.arctanh(rho) * np.sqrt(xs.size - 3))
+            out[1, j, d] = onset if z[-1] > 0 else 0.0
+            out[0, j, d] = max(sum(z[n_blocks - n:]) / np.sqrt(n) for n in (1, 2, 4, 8) if n <= n_blocks)
+    return out
+
+
+@pytest.mark.parametrize(("month", "interval_s"), [(3, 900), (10, 900), (10, 3600), (7, 900)])
+def test_balance_block_z_lanes_match_a_plain_loop(month: int, interval_s: int) -> None:
+    """balance_block_z scores the meters of one master LANES at a time: with masters of
+    more meters than LANES, of fewer, of exactly LANES, listed out of order and mixed with
+    meters that have none, on DST days and regular ones, with missing readings and
+    residuals, a meter that never reads and a meter that under-reports into its residual,
+    every meter equals the plain loop."""
+    per_day = 86400 // interval_s
+    n_days = 6
+    start = int(datetime(2026, month, 23, tzinfo=ZoneInfo(BERLIN)).timestamp())
+    cal = local_calendar(start, n_days * per_day, interval_s, BERLIN)
+    rng = np.random.default_rng(month * 7 + interval_s)
+    sizes = (kf.LANES + 3, 2, kf.LANES, 1)  # meters per master
+    m = _readings(rng, sum(sizes) + 4, cal.n_intervals)
+    m[3, :] = np.nan  # never reads
+    rrow = np.concatenate([np.full(n, g) for g, n in enumerate(sizes)] + [np.full(4, -1)]).astype(np.int64)
+    order = rng.permutation(rrow.size)
+    meters, rrow = order.astype(np.int64), rrow[order]  # column i is scored in row j with meters[j] == i
+    res = rng.normal(0, 0.2, size=(len(sizes), cal.n_intervals))
+    res[0, 50:53] = np.nan
+    res[1, :] = 0.0  # a master that never moves: no evidence
+    thief = int(np.flatnonzero(rrow == 2)[0])
+    res[2] += 0.8 * np.nan_to_num(m[meters[thief]])
+    n_blocks = kf.blocks_per_day(cal.n_slots)
+    block = kf.block_of_interval(cal.slot, cal.n_slots, n_blocks)
+    out = np.empty((2, meters.size, n_days))
+    kf.balance_block_z(m, meters, rrow, res, cal.day_bounds, block, n_blocks, out[0], out[1])
+    ref = _block_z_reference(m, meters, rrow, res, cal.day_bounds, block, n_blocks)
+    assert np.array_equal(np.isnan(out), np.isnan(ref))
+    assert np.allclose(out, ref, equal_nan=True, rtol=1e-9, atol=1e-12)
+    assert np.isnan(out[:, rrow < 0]).all() and np.isfinite(out[:, rrow >= 0]).all()
+    peers = np.flatnonzero(rrow == 2)[1:]
+    assert (out[0, thief] > np.median(out[0, peers], axis=0)).all()  # it moves with its master's residual
+    assert (out[1, rrow >= 0] > 0).any() and ((out[1, rrow >= 0] >= 0) & (out[1, rrow >= 0] <= 1)).all()
 
 
 def _robust_z_reference(v: np.ndarray, window: int, step: int, min_ref: int, floor: float) -> tuple:

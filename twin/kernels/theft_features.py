@@ -52,62 +52,36 @@ def blocks_per_day(n_slots: int) -> int:
     return n if n_slots >= MIN_PAIRS_PER_BLOCK else 0
 
 
-@njit(cache=True, nogil=True, fastmath={"reassoc", "contract", "nsz"})
-def _pair_sums(row: np.ndarray, res: np.ndarray, lo: int, hi: int) -> tuple[float, float, float, float, float, int]:
-    """Over t in [lo, hi), lo >= 1, of the first differences dx = row[t] - row[t - 1] and
-    dr = res[t] - res[t - 1] where all four readings are known: (pairs, sum dx*dr, dx*dx,
-    dr*dr, the most negative dx*dr or 0, its t or -1). Branch-free."""
-    n = sxy = sxx = syy = 0.0
-    worst = 0.0
-    at = -1
-    for t in range(lo, hi):
-        dx = np.float64(row[t]) - np.float64(row[t - 1])
-        dr = res[t] - res[t - 1]
-        ok = (dx == dx) & (dr == dr)
-        cx = dx if ok else 0.0
-        cr = dr if ok else 0.0
-        n += 1.0 if ok else 0.0
-        p = cx * cr
-        sxy += p
-        sxx += cx * cx
-        syy += cr * cr
-        at = t if p < worst else at
-        worst = min(worst, p)
-    return n, sxy, sxx, syy, worst, at
-
-
-@njit(cache=True, nogil=True)
-def _add_run(row: np.ndarray, res: np.ndarray, lo: int, hi: int, sums: np.ndarray, b: int) -> None:
-    """Add the pairs of [lo, hi) to block b's sums (see balance_block_z; indexed in place,
-    no view per call)."""
-    n, sxy, sxx, syy, worst, at = _pair_sums(row, res, lo, hi)
-    sums[b, 0] += n
-    sums[b, 1] += sxy
-    sums[b, 2] += sxx
-    sums[b, 3] += syy
-    if worst < sums[b, 4]:
-        dx = np.float64(row[at]) - np.float64(row[at - 1])
-        dr = res[at] - res[at - 1]
-        sums[b, 4] = worst
-        sums[b, 5] = dx * dx
-        sums[b, 6] = dr * dr
-        sums[b, 7] = dr
-
-
-@njit(cache=True, nogil=True)
-def _fisher(n: float, sxy: float, sxx: float, syy: float) -> float:
-    """Fisher z of the block's correlation times sqrt(pairs - 3); 0 (no evidence) when a
-    side did not move or the block is too short."""
-    if n <= 3.0 or sxx <= 0.0 or syy <= 0.0:
-        return 0.0
-    r = sxy / np.sqrt(sxx * syy)
-    r = min(max(r, -R_CLIP), R_CLIP)
-    return 0.5 * np.log((1.0 + r) / (1.0 - r)) * np.sqrt(n - 3.0)  # atanh(r), cheaper
+#: Meters of one master scored side by side: the pair loop runs across them (SIMD lanes),
+#: each difference of the master's residual serving them all.
+LANES = 16
+#: Per block and lane: pairs, sum dx*dr, dx*dx, dr*dr, and the most contrary pair's dx and
+#: dr (the first pair with the most negative dx*dr; 0 and 0 while none is negative).
+_N, _XY, _XX, _YY, _WX, _WR = range(6)
+_FIELDS = 6
 
 
 def block_of_interval(slot: np.ndarray, n_slots: int, n_blocks: int) -> np.ndarray:
     """int64 [intervals]: the block of its local day each interval falls in."""
     return (slot * max(n_blocks, 1) // n_slots).astype(np.int64)
+
+
+@njit(cache=True, nogil=True)
+def _lane_tasks(residual_row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The meters with a master, ordered by master (stable), and the start of each task in
+    that order: at most LANES meters of one master (the last entry is the end)."""
+    n = 0
+    for j in range(residual_row.shape[0]):
+        n += residual_row[j] >= 0
+    order = np.argsort(residual_row, kind="mergesort")[residual_row.shape[0] - n:]
+    starts = np.empty(n + 1, dtype=np.int64)
+    k = 0
+    for i in range(n):
+        if i == 0 or residual_row[order[i]] != residual_row[order[i - 1]] or i - starts[k - 1] == LANES:
+            starts[k] = i
+            k += 1
+    starts[k] = n
+    return order, starts[:k + 1]
 
 
 @njit(cache=True, nogil=True, parallel=True)
@@ -124,81 +98,121 @@ def balance_block_z(
 ) -> None:
     """Per meter and day, the balance localisation and the onset evidence of the module
     docstring. The pair (last reading of day d - 1, first of day d) belongs to day d's
-    first block."""
-    n_rows = meters.shape[0]
+    first block. Meters of one master are scored LANES at a time (see _lanes_days)."""
     n_days = day_bounds.shape[0] - 1
-    regular = np.zeros(n_days, dtype=np.bool_)  # whole days whose blocks are runs in order
+    for j in range(meters.shape[0]):
+        if residual_row[j] < 0 or n_blocks <= 0:
+            out[j, :] = np.nan
+            onset[j, :] = np.nan
+    if n_blocks <= 0 or n_days == 0:
+        return
+    order, starts = _lane_tasks(residual_row)
+    most = 1
     for d in range(n_days):
-        a = day_bounds[d]
-        n = day_bounds[d + 1] - a
-        ok = n > 0
-        for t in range(a, a + n):
-            ok = ok and block[t] == (t - a) * n_blocks // n
-        regular[d] = ok
-    chunk = 16  # meters per task, sharing its buffers
-    for c in prange((n_rows + chunk - 1) // chunk):
-        # per block: pairs, dx*dr, dx*dx, dr*dr, and the most negative dx*dr with its dx*dx, dr*dr, dr
-        sums = np.zeros((max(n_blocks, 1), 8))
-        fz = np.zeros(max(n_blocks, 1))
-        for j in range(c * chunk, min(n_rows, (c + 1) * chunk)):
-            _meter_days(matrix[meters[j]], residual, residual_row[j], day_bounds, block, regular, n_blocks, sums,
-                        fz, out[j], onset[j])
+        most = max(most, day_bounds[d + 1] - day_bounds[d])
+    per_task = 4  # tasks per parallel iteration, sharing its buffers
+    n_tasks = starts.shape[0] - 1
+    for c in prange((n_tasks + per_task - 1) // per_task):
+        dx = np.empty(most * LANES)
+        sums = np.empty(n_blocks * _FIELDS * LANES)
+        fz = np.empty((n_blocks, LANES))
+        fz_scale = np.empty((n_blocks, LANES))
+        for task in range(c * per_task, min(n_tasks, (c + 1) * per_task)):
+            lanes = order[starts[task]:starts[task + 1]]
+            _lanes_days(matrix, meters, lanes, residual[residual_row[lanes[0]]], day_bounds, block, n_blocks, dx,
+                        sums, fz, fz_scale, out, onset)
 
 
 @njit(cache=True, nogil=True)
-def _meter_days(row: np.ndarray, residual: np.ndarray, g: int, day_bounds: np.ndarray, block: np.ndarray,
-                regular: np.ndarray, n_blocks: int, sums: np.ndarray, fz: np.ndarray, out: np.ndarray,
-                onset: np.ndarray) -> None:
-    """balance_block_z for one meter (row) into its out and onset rows."""
+def _lanes_days(matrix: np.ndarray, meters: np.ndarray, lanes: np.ndarray, res: np.ndarray, day_bounds: np.ndarray,
+                block: np.ndarray, n_blocks: int, dx: np.ndarray, sums: np.ndarray, fz: np.ndarray,
+                fz_scale: np.ndarray, out: np.ndarray, onset: np.ndarray) -> None:
+    """balance_block_z for up to LANES meters of one master (rows `lanes` of out and
+    onset), day by day: each meter's first differences of the day into dx [pair * LANES +
+    lane] (NaN in unused lanes), one pass over the day's pairs updating every lane's block
+    sums [(block * _FIELDS + field) * LANES + lane], then the per-block math.
+    Flat buffers with LANES fixed let the compiler prove the fields apart (no overlap
+    checks per pair); the selects are exact arithmetic so that every store is plain (a
+    masked store would stall the next pair's load of the same sums)."""
     n_days = day_bounds.shape[0] - 1
-    if g < 0 or n_blocks <= 0:
-        out[:] = np.nan
-        onset[:] = np.nan
-        return
-    res = residual[g]
+    w = lanes.shape[0]
     for d in range(n_days):
-        a = day_bounds[d]
-        b_end = day_bounds[d + 1]
-        sums[:, :] = 0.0
-        if regular[d]:  # block b is slots ceil(b * n / n_blocks) .. of the day: no lookups
-            n = b_end - a
-            for b in range(n_blocks):
-                lo = max(a + (b * n + n_blocks - 1) // n_blocks, 1)
-                hi = a + ((b + 1) * n + n_blocks - 1) // n_blocks
-                _add_run(row, res, lo, hi, sums, b)
-        else:
-            t = max(a, 1)  # the first reading of the history has no pair
-            while t < b_end:  # one run of intervals of the same block at a time
-                b = block[t]
-                e = t + 1
-                while e < b_end and block[e] == b:
-                    e += 1
-                _add_run(row, res, t, e, sums, b)
-                t = e
-        for b in range(n_blocks):
-            if sums[b, 4] < 0.0:  # leave out the block's most contrary pair
-                fz[b] = _fisher(sums[b, 0] - 1.0, sums[b, 1] - sums[b, 4], sums[b, 2] - sums[b, 5],
-                                sums[b, 3] - sums[b, 6])
-            else:
-                fz[b] = _fisher(sums[b, 0], sums[b, 1], sums[b, 2], sums[b, 3])
-        best = -np.inf
-        acc = 0.0
-        length = 0
-        target = 1
-        for b in range(n_blocks - 1, -1, -1):  # windows of the last 1, 2, 4 ... blocks
-            acc += fz[b]
-            length += 1
-            if length == target:
-                best = max(best, acc / np.sqrt(length))
-                target *= 2
-        out[d] = best
-        last = n_blocks - 1
-        onset[d] = 0.0
-        if sums[last, 4] < 0.0 and sums[last, 7] > 0.0 and sums[last, 3] > 0.0 and fz[last] > 0.0:
-            # the reading fell as the residual rose, and the block's other moves agree
-            w_xx = sums[last, 5]
-            w_yy = sums[last, 6]
-            onset[d] = w_yy / sums[last, 3] * np.sqrt(min(w_xx, w_yy) / max(w_xx, w_yy))
+        a = max(day_bounds[d], 1)  # the first reading of the history has no pair
+        n = day_bounds[d + 1] - a
+        for lane in range(w):
+            row = matrix[meters[lanes[lane]]]
+            cur = row[a:a + n]  # slices: indices provably >= 0, no wraparound checks
+            prev = row[a - 1:a - 1 + n]
+            for i in range(n):
+                dx[i * LANES + lane] = np.float64(cur[i]) - np.float64(prev[i])
+        for lane in range(w, LANES):
+            for i in range(n):
+                dx[i * LANES + lane] = np.nan
+        sums[:] = 0.0
+        res_cur = res[a:a + n]
+        res_prev = res[a - 1:a - 1 + n]
+        day_block = block[a:a + n]
+        for i in range(n):
+            dr = res_cur[i] - res_prev[i]
+            dr_ok = dr == dr
+            x = dx[i * LANES:(i + 1) * LANES]
+            s = sums[day_block[i] * _FIELDS * LANES:(day_block[i] + 1) * _FIELDS * LANES]
+            for lane in range(LANES):
+                ok = (x[lane] == x[lane]) & dr_ok
+                cx = x[lane] if ok else 0.0
+                cr = dr if ok else 0.0
+                p = cx * cr
+                s[_N * LANES + lane] += 1.0 if ok else 0.0
+                s[_XY * LANES + lane] += p
+                s[_XX * LANES + lane] += cx * cx
+                s[_YY * LANES + lane] += cr * cr
+                # keep the first most negative p (its dx and dr): exact arithmetic selects
+                take = 1.0 if p < s[_WX * LANES + lane] * s[_WR * LANES + lane] else 0.0
+                keep = 1.0 - take
+                s[_WX * LANES + lane] = cx * take + s[_WX * LANES + lane] * keep
+                s[_WR * LANES + lane] = cr * take + s[_WR * LANES + lane] * keep
+        for b in range(n_blocks):  # each block's Fisher z without its most contrary pair
+            s = sums[b * _FIELDS * LANES:(b + 1) * _FIELDS * LANES]
+            q = fz[b]
+            scale = fz_scale[b]
+            for lane in range(LANES):  # vectorised; wx = wr = 0 (nothing to leave out) unless worst < 0
+                wx = s[_WX * LANES + lane]
+                wr = s[_WR * LANES + lane]
+                worst = wx * wr
+                pairs = s[_N * LANES + lane] - (1.0 if worst < 0.0 else 0.0)
+                sxy = s[_XY * LANES + lane] - worst
+                sxx = s[_XX * LANES + lane] - wx * wx
+                syy = s[_YY * LANES + lane] - wr * wr
+                valid = (pairs > 3.0) & (sxx > 0.0) & (syy > 0.0)  # else 0: too short, or a side did not move
+                r = sxy / np.sqrt(sxx * syy) if valid else 0.0
+                r = min(max(r, -R_CLIP), R_CLIP)
+                q[lane] = (1.0 + r) / (1.0 - r)
+                scale[lane] = np.sqrt(pairs - 3.0) if valid else 0.0
+            for lane in range(w):  # atanh(r) * sqrt(pairs - 3) (log, cheaper; not vectorised, so apart)
+                q[lane] = 0.5 * np.log(q[lane]) * scale[lane]
+        last = sums[(n_blocks - 1) * _FIELDS * LANES:n_blocks * _FIELDS * LANES]
+        for lane in range(w):
+            j = lanes[lane]
+            best = -np.inf
+            acc = 0.0
+            length = 0
+            target = 1
+            for b in range(n_blocks - 1, -1, -1):  # windows of the last 1, 2, 4 ... blocks
+                acc += fz[b, lane]
+                length += 1
+                if length == target:
+                    best = max(best, acc / np.sqrt(length))
+                    target *= 2
+            out[j, d] = best
+            onset[j, d] = 0.0
+            wx = last[_WX * LANES + lane]
+            wr = last[_WR * LANES + lane]
+            yy = last[_YY * LANES + lane]
+            if wx * wr < 0.0 and wr > 0.0 and yy > 0.0 and fz[n_blocks - 1, lane] > 0.0:
+                # the reading fell as the residual rose, and the block's other moves agree
+                w_xx = wx * wx
+                w_yy = wr * wr
+                onset[j, d] = w_yy / yy * np.sqrt(min(w_xx, w_yy) / max(w_xx, w_yy))
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
