@@ -61,6 +61,17 @@ def _no_data(text: str) -> dict[str, Any]:
             "font": {"size": 16, "color": "#5a6776"}}
 
 
+def _loading(height: int) -> dict[str, Any]:
+    """A chart's figure until its first update arrives (not plotly's empty -1..6 axes)."""
+    return {"data": [], "layout": {"height": height, "xaxis": {"visible": False}, "yaxis": {"visible": False},
+                                   "annotations": [_no_data("loading…")]}}
+
+
+def _graph(graph_id: str, height: int) -> dcc.Graph:
+    """A chart that says it is loading until its first figure arrives."""
+    return dcc.Graph(id=graph_id, figure=_loading(height), config={"displaylogo": False})
+
+
 def _card(label: str, value: Any, card_id: str) -> html.Div:
     return html.Div(className="card", children=[html.Div(label, className="label"),
                                                 html.Div(value, className="value", id=card_id)])
@@ -99,8 +110,8 @@ def overview_layout(board: Dashboard, role: Role) -> Any:
             _card("Meters online", "…", "ov-online"), _card("Alarms open", "…", "ov-alarms"),
             _card("Energy today", "…", "ov-energy"), _card("Water today", "…", "ov-water"),
             _card("Income today", "…", "ov-income"), _card("Commands open", "…", "ov-commands")]),
-        html.Div(className="panel", children=[dcc.Graph(id="ov-load", config={"displaylogo": False})]),
-        html.Div(className="panel", children=[dcc.Graph(id="ov-states", config={"displaylogo": False})]),
+        html.Div(className="panel", children=[_graph("ov-load", 320)]),
+        html.Div(className="panel", children=[_graph("ov-states", 280)]),
     ])
 
 
@@ -159,7 +170,8 @@ def grid_layout(board: Dashboard, role: Role) -> Any:
             html.Div(id="grid-counts"),
         ]),
         html.Div(className="panel", children=[
-            dcc.Store(id="grid-drawn"), dcc.Graph(id="grid-graph", config={"displaylogo": False, "scrollZoom": True}),
+            dcc.Store(id="grid-drawn"), dcc.Graph(id="grid-graph", figure=_loading(360),
+                                                config={"displaylogo": False, "scrollZoom": True}),
             html.P("Each cell is a room: floors are rows (ground floor at the bottom), rooms are columns. "
                    "Click a room to open its twin.", style={"fontSize": ".85em", "color": "#5a6776"})]),
     ])
@@ -227,7 +239,7 @@ def twin_layout(board: Dashboard, twin_id: str, role: Role) -> Any:
             html.Div(id="control-result")])]
     children += [
         html.Div(className="panel", children=[html.H3("Commands"), html.Div(id="twin-commands")]),
-        html.Div(className="panel", children=[dcc.Graph(id="twin-trend", config={"displaylogo": False})]),
+        html.Div(className="panel", children=[_graph("twin-trend", 300)]),
         html.Div(className="panel", children=[html.H3("Today by tariff band"), html.Div(id="twin-bands")]),
         html.Div(className="panel", children=[html.H3("Open alarms"), html.Div(id="twin-alarms")]),
     ]
@@ -449,7 +461,7 @@ def reports_layout(board: Dashboard, role: Role) -> Any:
                                             style={"width": "11em"})]),
             html.Button("Download CSV", id="report-download-btn"), dcc.Download(id="report-download"),
             html.Span(id="report-error", className="error")]),
-        html.Div(className="panel", children=[dcc.Graph(id="report-graph", config={"displaylogo": False})]),
+        html.Div(className="panel", children=[_graph("report-graph", 320)]),
         html.Div(className="panel", children=[html.Div(id="report-table")]),
     ])
 
