@@ -167,6 +167,20 @@ def _block_z_reference(m: np.ndarray, meters: np.ndarray, rrow: np.ndarray, res:
     return out
 
 
+def test_branch_free_log_is_within_one_ulp_of_numpy() -> None:
+    """balance_block_z's own log (fdlibm's method, branch-free so it vectorises) is within
+    one unit in the last place of numpy's over the ratios (1 + r) / (1 - r) it takes (|r|
+    up to R_CLIP) and far beyond, powers of two and their neighbours included."""
+    rng = np.random.default_rng(5)
+    r = np.clip(rng.uniform(-1, 1, 3000), -kf.R_CLIP, kf.R_CLIP)
+    x = np.concatenate([(1 + r) / (1 - r), np.exp(rng.uniform(-700, 700, 3000)), 2.0 ** np.arange(-20, 21),
+                        np.nextafter(2.0 ** np.arange(-20, 21), 0), np.sqrt([0.5, 2.0]), [1.0, 1 + 1e-15, 1 - 1e-15]])
+    got = np.array([kf._log(v) for v in x])
+    ref = np.log(x)
+    assert (np.abs(got - ref) <= np.spacing(np.abs(ref))).all()
+    assert kf._log(1.0) == 0.0
+
+
 @pytest.mark.parametrize(("month", "interval_s"), [(3, 900), (10, 900), (10, 3600), (7, 900)])
 def test_balance_block_z_lanes_match_a_plain_loop(month: int, interval_s: int) -> None:
     """balance_block_z scores the meters of one master LANES at a time: with masters of

@@ -31,8 +31,12 @@ a missing reading (a partial total would read as a fall).
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.extending import intrinsic
 
 #: Fewest pairs of readings per block (hourly data gets 2 blocks, daily none).
 MIN_PAIRS_PER_BLOCK = 12
@@ -59,6 +63,52 @@ LANES = 16
 #: dr (the first pair with the most negative dx*dr; 0 and 0 while none is negative).
 _N, _XY, _XX, _YY, _WX, _WR = range(6)
 _FIELDS = 6
+
+
+def _bit_cast(to: ir.Type, signature: object) -> tuple:
+    """A numba intrinsic's (signature, codegen) reinterpreting a value's 64 bits as `to`."""
+    def codegen(context: object, builder: ir.IRBuilder, sig: object, args: list) -> ir.Value:
+        return builder.bitcast(args[0], to)
+    return signature, codegen
+
+
+#: The IEEE 754 bits of a float64 as an int64, and back (bit casts, no conversion).
+_bits: Any = intrinsic(lambda typingctx, x: _bit_cast(ir.IntType(64), types.int64(types.float64)))
+_from_bits: Any = intrinsic(lambda typingctx, x: _bit_cast(ir.DoubleType(), types.float64(types.int64)))
+
+
+# fdlibm's __ieee754_log (error below 1 ulp), written without branches so that a loop of
+# them vectorises (the C library's log is a call per value)
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_LG1 = 6.666666666666735130e-01
+_LG2 = 3.999999999940941908e-01
+_LG3 = 2.857142874366239149e-01
+_LG4 = 2.222219843214978396e-01
+_LG5 = 1.818357216161805012e-01
+_LG6 = 1.531383769920937332e-01
+_LG7 = 1.479819860511658591e-01
+
+
+@njit(cache=True, nogil=True, error_model="numpy")
+def _log(x: float) -> float:
+    """log(x) for a positive normal float64 x (fdlibm's method: x = 2^k (1 + f) with 1 + f
+    in [sqrt(2)/2, sqrt(2)), then log(1 + f) from s = f / (2 + f) by a polynomial in s^2)."""
+    bits = _bits(x)
+    hx = bits >> 32
+    k = (hx >> 20) - 1023
+    hx &= 0x000FFFFF
+    i = (hx + 0x95F64) & 0x100000  # 1 + f above sqrt(2): halve it
+    f = _from_bits(((hx | (i ^ 0x3FF00000)) << 32) | (bits & 0xFFFFFFFF)) - 1.0
+    dk = np.float64(k + (i >> 20))
+    s = f / (2.0 + f)
+    z = s * s
+    w = z * z
+    r = z * (_LG1 + w * (_LG3 + w * (_LG5 + w * _LG7))) + w * (_LG2 + w * (_LG4 + w * _LG6))
+    hfsq = 0.5 * f * f
+    far = dk * _LN2_HI - ((hfsq - (s * (hfsq + r) + dk * _LN2_LO)) - f)
+    near = dk * _LN2_HI - ((s * (f - r) - dk * _LN2_LO) - f)
+    return far if ((hx - 0x6147A) | (0x6B851 - hx)) > 0 else near
 
 
 def block_of_interval(slot: np.ndarray, n_slots: int, n_blocks: int) -> np.ndarray:
@@ -116,17 +166,16 @@ def balance_block_z(
         dx = np.empty(most * LANES)
         sums = np.empty(n_blocks * _FIELDS * LANES)
         fz = np.empty((n_blocks, LANES))
-        fz_scale = np.empty((n_blocks, LANES))
         for task in range(c * per_task, min(n_tasks, (c + 1) * per_task)):
             lanes = order[starts[task]:starts[task + 1]]
             _lanes_days(matrix, meters, lanes, residual[residual_row[lanes[0]]], day_bounds, block, n_blocks, dx,
-                        sums, fz, fz_scale, out, onset)
+                        sums, fz, out, onset)
 
 
-@njit(cache=True, nogil=True)
+@njit(cache=True, nogil=True, error_model="numpy")
 def _lanes_days(matrix: np.ndarray, meters: np.ndarray, lanes: np.ndarray, res: np.ndarray, day_bounds: np.ndarray,
-                block: np.ndarray, n_blocks: int, dx: np.ndarray, sums: np.ndarray, fz: np.ndarray,
-                fz_scale: np.ndarray, out: np.ndarray, onset: np.ndarray) -> None:
+                block: np.ndarray, n_blocks: int, dx: np.ndarray, sums: np.ndarray, fz: np.ndarray, out: np.ndarray,
+                onset: np.ndarray) -> None:
     """balance_block_z for up to LANES meters of one master (rows `lanes` of out and
     onset), day by day: each meter's first differences of the day into dx [pair * LANES +
     lane] (NaN in unused lanes), one pass over the day's pairs updating every lane's block
@@ -173,8 +222,7 @@ def _lanes_days(matrix: np.ndarray, meters: np.ndarray, lanes: np.ndarray, res: 
                 s[_WR * LANES + lane] = cr * take + s[_WR * LANES + lane] * keep
         for b in range(n_blocks):  # each block's Fisher z without its most contrary pair
             s = sums[b * _FIELDS * LANES:(b + 1) * _FIELDS * LANES]
-            q = fz[b]
-            scale = fz_scale[b]
+            z = fz[b]
             for lane in range(LANES):  # vectorised; wx = wr = 0 (nothing to leave out) unless worst < 0
                 wx = s[_WX * LANES + lane]
                 wr = s[_WR * LANES + lane]
@@ -186,10 +234,8 @@ def _lanes_days(matrix: np.ndarray, meters: np.ndarray, lanes: np.ndarray, res: 
                 valid = (pairs > 3.0) & (sxx > 0.0) & (syy > 0.0)  # else 0: too short, or a side did not move
                 r = sxy / np.sqrt(sxx * syy) if valid else 0.0
                 r = min(max(r, -R_CLIP), R_CLIP)
-                q[lane] = (1.0 + r) / (1.0 - r)
-                scale[lane] = np.sqrt(pairs - 3.0) if valid else 0.0
-            for lane in range(w):  # atanh(r) * sqrt(pairs - 3) (log, cheaper; not vectorised, so apart)
-                q[lane] = 0.5 * np.log(q[lane]) * scale[lane]
+                scale = np.sqrt(pairs - 3.0) if valid else 0.0
+                z[lane] = 0.5 * _log((1.0 + r) / (1.0 - r)) * scale  # atanh(r) * sqrt(pairs - 3)
         last = sums[(n_blocks - 1) * _FIELDS * LANES:n_blocks * _FIELDS * LANES]
         for lane in range(w):
             j = lanes[lane]
