@@ -12,7 +12,7 @@ import re
 import sys
 import textwrap
 from datetime import datetime
-from typing import NoReturn
+from typing import NoReturn, TextIO
 
 EXAMPLES = {
     "simulate": """\
@@ -294,6 +294,31 @@ def check_port_free(port: int, what: str, flag: str) -> None:
             raise ValueError(f"{what} port 127.0.0.1:{port} {why}: choose another with {flag} P") from None
 
 
+def lock_data_dir(data: str) -> TextIO:
+    """Hold DATA/run.lock for this process's life (returns the open file to keep); a second
+    `run` on the same data directory would write the same ledger and history: refuse it."""
+    import fcntl
+    import os
+    from pathlib import Path
+
+    directory = Path(data)
+    directory.mkdir(parents=True, exist_ok=True)
+    handle = (directory / "run.lock").open("a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read().strip() or "?"
+        handle.close()
+        raise ValueError(f"{data} is in use by another metertwin run (pid {holder}): stop it, or give another "
+                         "--data") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 def start_banner(platform: object, args: argparse.Namespace, opcua_port: int | None) -> str:
     """What `run` prints once it listens: every way in, and the gateways behind the twins."""
     from control.emulate import gateway_table
@@ -370,6 +395,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         if opcua_port == args.port:
             raise ValueError(f"--opcua-port {opcua_port} is the HTTP --port too: give them different ports")
         check_port_free(opcua_port, "OPC UA", "--opcua-port")
+    lock = lock_data_dir(args.data)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     for chatty in ("pymodbus", "asyncua"):  # their INFO lines ("Repeating....") say nothing to an operator
@@ -391,7 +417,10 @@ def cmd_run(args: argparse.Namespace) -> int:
     print(f"metertwin: starting at http://127.0.0.1:{args.port}"
           + ("" if opcua_port is None else f" and opc.tcp://127.0.0.1:{opcua_port}") + " ...",
           file=sys.stderr, flush=True)
-    asyncio.run(serve_and_announce(platform, args, opcua_port))
+    try:
+        asyncio.run(serve_and_announce(platform, args, opcua_port))
+    finally:
+        lock.close()
     print("metertwin: stopped cleanly; the world, commands and alarms are saved", file=sys.stderr)
     return 0
 

@@ -93,3 +93,23 @@ def test_emulate_on_a_port_in_use_says_so(capsys):
     assert code == 2
     assert f"127.0.0.1:{port}" in err and "--modbus-port" in err and "building the world" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_run_refuses_a_data_directory_another_run_holds(tmp_path, capsys):
+    """Two platforms on one data directory would write one ledger twice: the second `run`
+    names the directory and the holder's pid, exit 2."""
+    import os
+
+    from control.cli import lock_data_dir
+
+    held = lock_data_dir(str(tmp_path / "data"))
+    try:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = probe.getsockname()[1]
+        code = main(["run", "--data", str(tmp_path / "data"), "--port", str(port), "--no-opcua", "--no-modbus"])
+    finally:
+        held.close()
+    err = capsys.readouterr().err
+    assert code == 2 and "in use by another metertwin run" in err and f"pid {os.getpid()}" in err
+    assert len(err.strip().splitlines()) == 1
