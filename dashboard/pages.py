@@ -301,7 +301,7 @@ def _twin_live(board: Dashboard, twin_id: str) -> tuple[Any, ...]:
     if "available_fen" in day:
         cards.append(_card("Available balance", _yuan(day["available_fen"]), "twin-balance"))
         cards.append(_card("Posted balance", _yuan(day["balance_fen"]), "twin-posted"))
-        cards.append(_card("Low-balance alarm", f"level {day['low_level']}" if day["low_level"] else "none",
+        cards.append(_card("Low-balance level", f"{day['low_level']} of 3" if day["low_level"] else "none",
                            "twin-low"))
     if desired:
         cards.append(_card("Asked, not yet confirmed", ", ".join(f"{k}={v}" for k, v in desired.items()),
