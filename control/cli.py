@@ -352,6 +352,7 @@ def start_banner(platform: object, args: argparse.Namespace, opcua_port: int | N
 async def serve_and_announce(platform: object, args: argparse.Namespace, opcua_port: int | None) -> None:
     """Serve the platform; print the start banner once HTTP (and OPC UA) accept connections."""
     import asyncio
+    import logging
 
     serving = asyncio.create_task(platform.serve(  # type: ignore[attr-defined]
         port=args.port, opcua_port=opcua_port, opcua_anonymous=args.opcua_anonymous))
@@ -368,6 +369,11 @@ async def serve_and_announce(platform: object, args: argparse.Namespace, opcua_p
             continue
         print(start_banner(platform, args, opcua_port), file=sys.stderr, flush=True)
         break
+    while not serving.done():  # once asked to stop, the collector's cancelled requests are no news
+        if getattr(platform, "stopping", False):
+            logging.getLogger("pymodbus").setLevel(logging.CRITICAL)
+            break
+        await asyncio.sleep(0.2)
     await serving
 
 
