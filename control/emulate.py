@@ -252,7 +252,8 @@ def run(args: argparse.Namespace) -> int:
         if args.faults:
             print(fault_lines(chosen, args.faults, units, args.seed), file=sys.stderr, flush=True)
         tls = f" --modbus-tls {args.tls}" if args.tls else ""
-        print(f"metertwin: {scenario.site.name or scenario.site.id}: {len(gateways)} gateways, {units} units, "
+        print(f"metertwin: {scenario.site.name or scenario.site.id}: {len(gateways)} "
+              f"gateway{'' if len(gateways) == 1 else 's'}, {units} units, "
               f"world at {args.speed:g}x; Ctrl-C stops\n"
               f"metertwin: poll them with: metertwin run {args.scenario} --per-gateway {args.per_gateway}{tls} "
               f"--gateways {gateways_arg(emulator)}", file=sys.stderr, flush=True)
