@@ -185,9 +185,10 @@ def test_branch_free_log_is_within_one_ulp_of_numpy() -> None:
 def test_balance_block_z_lanes_match_a_plain_loop(month: int, interval_s: int) -> None:
     """balance_block_z scores the meters of one master LANES at a time: with masters of
     more meters than LANES, of fewer, of exactly LANES, listed out of order and mixed with
-    meters that have none, on DST days and regular ones, with missing readings and
-    residuals, a meter that never reads and a meter that under-reports into its residual,
-    every meter equals the plain loop."""
+    meters that have none, on whole days of BLOCK_PAIRS pairs a block (15 minutes and
+    hourly: the unrolled path) and on DST days and the history's first day (one pair short:
+    the general path), with missing readings and residuals, a meter that never reads and a
+    meter that under-reports into its residual, every meter equals the plain loop."""
     per_day = 86400 // interval_s
     n_days = 6
     start = int(datetime(2026, month, 23, tzinfo=ZoneInfo(BERLIN)).timestamp())
