@@ -335,6 +335,7 @@ def start_banner(platform: object, args: argparse.Namespace, opcua_port: int | N
                      f"users; trust client certificates in {args.data}/opcua/trusted/{anonymous}; docs/opcua.md)")
     modbus = getattr(platform, "modbus", None)
     emulator = getattr(modbus, "emulator", None)
+    polled = modbus.describe() if modbus is not None else []  # the world's gateways first, then the rest
     if emulator is not None and emulator.gateways:
         first = emulator.gateways[0]
         port = emulator.url(first.units[0].twin).rsplit(":", 1)[-1].split("/")[0]
@@ -344,8 +345,12 @@ def start_banner(platform: object, args: argparse.Namespace, opcua_port: int | N
         lines += [f"    {row}" for row in gateway_table(emulator).splitlines()]
         lines.append(f"    e.g. mbpoll -m tcp -p {port} -a {meter.unit_id} -t 4 -r 1 -c 25 -1 127.0.0.1   "
                      f"# {meter.twin} ({meter.model})")
-    elif modbus is not None:
-        lines.append("  Modbus     polling " + ", ".join(modbus.describe()))
+        polled = polled[len(emulator.gateways):]
+        if polled:
+            lines.append("  Modbus     also polling:")
+    elif polled:
+        lines.append("  Modbus     polling:")
+    lines += [f"    {gateway}" for gateway in polled]
     return "\n".join(lines)
 
 
