@@ -169,10 +169,11 @@ def balance_block_z(
         sums = np.empty(n_blocks * _FIELDS * LANES)
         dr = np.empty(most)
         fz = np.empty((n_blocks, LANES))
+        day_out = np.empty((2, LANES))
         for task in range(c * per_task, min(n_tasks, (c + 1) * per_task)):
             lanes = order[starts[task]:starts[task + 1]]
             _lanes_days(matrix, meters, lanes, residual[residual_row[lanes[0]]], day_bounds, block, n_blocks, dx,
-                        sums, dr, fz, out, onset)
+                        sums, dr, fz, day_out, out, onset)
 
 
 @njit(cache=True, nogil=True)
@@ -237,7 +238,7 @@ def _any_blocks(dx: np.ndarray, dr: np.ndarray, day_block: np.ndarray, n: int, s
 @njit(cache=True, nogil=True, error_model="numpy")
 def _lanes_days(matrix: np.ndarray, meters: np.ndarray, lanes: np.ndarray, res: np.ndarray, day_bounds: np.ndarray,
                 block: np.ndarray, n_blocks: int, dx: np.ndarray, sums: np.ndarray, dr: np.ndarray, fz: np.ndarray,
-                out: np.ndarray, onset: np.ndarray) -> None:
+                day_out: np.ndarray, out: np.ndarray, onset: np.ndarray) -> None:
     """balance_block_z for up to LANES meters of one master (rows `lanes` of out and
     onset), day by day: each meter's first differences of the day into dx [pair * LANES +
     lane] (NaN in unused lanes), one pass over the day's pairs updating every lane's block
@@ -286,30 +287,41 @@ def _lanes_days(matrix: np.ndarray, meters: np.ndarray, lanes: np.ndarray, res: 
                 r = min(max(r, -R_CLIP), R_CLIP)
                 scale = np.sqrt(pairs - 3.0) if valid else 0.0
                 z[lane] = 0.5 * _log((1.0 + r) / (1.0 - r)) * scale  # atanh(r) * sqrt(pairs - 3)
+        best = day_out[0]  # the day's value and onset evidence of every lane, vectorised
+        acc = day_out[1]
+        for lane in range(LANES):
+            best[lane] = -np.inf
+            acc[lane] = 0.0
+        length = 0
+        target = 1
+        for b in range(n_blocks - 1, -1, -1):  # windows of the last 1, 2, 4 ... blocks
+            z = fz[b]
+            length += 1
+            if length == target:
+                root = np.sqrt(length)
+                for lane in range(LANES):
+                    acc[lane] += z[lane]
+                    best[lane] = max(best[lane], acc[lane] / root)
+                target *= 2
+            else:
+                for lane in range(LANES):
+                    acc[lane] += z[lane]
         last = sums[(n_blocks - 1) * _FIELDS * LANES:n_blocks * _FIELDS * LANES]
-        for lane in range(w):
-            j = lanes[lane]
-            best = -np.inf
-            acc = 0.0
-            length = 0
-            target = 1
-            for b in range(n_blocks - 1, -1, -1):  # windows of the last 1, 2, 4 ... blocks
-                acc += fz[b, lane]
-                length += 1
-                if length == target:
-                    best = max(best, acc / np.sqrt(length))
-                    target *= 2
-            out[j, d] = best
-            onset[j, d] = 0.0
+        z = fz[n_blocks - 1]
+        evidence = day_out[1]
+        for lane in range(LANES):
             wx = last[_WX * LANES + lane]
             wr = last[_WR * LANES + lane]
             yy = last[_YY * LANES + lane]
-            if wx * wr < 0.0 and wr > 0.0 and yy > 0.0 and fz[n_blocks - 1, lane] > 0.0:
-                # the reading fell as the residual rose, and the block's other moves agree
-                w_xx = wx * wx
-                w_yy = wr * wr
-                onset[j, d] = w_yy / yy * np.sqrt(min(w_xx, w_yy) / max(w_xx, w_yy))
-
+            w_xx = wx * wx
+            w_yy = wr * wr
+            ratio = w_yy / yy * np.sqrt(min(w_xx, w_yy) / max(w_xx, w_yy))
+            # the reading fell as the residual rose, and the block's other moves agree
+            agree = (wx * wr < 0.0) & (wr > 0.0) & (yy > 0.0) & (z[lane] > 0.0)
+            evidence[lane] = ratio if agree else 0.0
+        for lane in range(w):
+            out[lanes[lane], d] = best[lane]
+            onset[lanes[lane], d] = evidence[lane]
 
 @njit(cache=True, nogil=True, parallel=True, fastmath={"reassoc", "contract", "nsz"})
 def row_day_totals(
