@@ -600,7 +600,7 @@ def sim_layout(board: Dashboard, role: Role) -> Any:
                            html.Div(className="cards", children=[
                                _card("Speed", f"{platform.speed:g}x", "sim-speed"),
                                _card("Twins", f"{len(platform.state):,}", "sim-twins"),
-                               _card("Kernel time", "…", "sim-kernel")])]
+                               _card("CPU in kernels since start", "…", "sim-kernel")])]
     if role >= Role.OPERATOR:
         children.append(html.Div(className="panel form", children=[
             html.H3("Drive the world"),
