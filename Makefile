@@ -1,6 +1,7 @@
 # MeterTwin: `make demo`, `make test`, `make bench` work from a fresh clone; the first
 # run creates .venv and installs the project (again whenever pyproject.toml changes).
 #   make test PYTEST_ARGS='-k ledger -x'     make bench BENCH_ARGS='numpy --quick'
+#   make demo DEMO_ARGS='--port 8060 --opcua-port 4841'   (when 8050 or 4840 is taken)
 
 PYTHON ?= python3
 VENV := .venv
@@ -15,7 +16,7 @@ $(STAMP): pyproject.toml
 # the live platform: the demo community at 60x, API and health page on http://127.0.0.1:8050,
 # state in ./data (a second `make demo` resumes it); Ctrl-C stops it
 demo: $(STAMP)
-	$(BIN)/metertwin run scenarios/demo-community.toml --data data
+	$(BIN)/metertwin run scenarios/demo-community.toml --data data $(DEMO_ARGS)
 
 # a week of the demo community (the scenario's days), headless, faster than real time,
 # with its summary; output in out/demo
