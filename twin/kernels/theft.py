@@ -169,25 +169,21 @@ def _day_sums_regular(row: np.ndarray, a: int, n_slots: int, cum: np.ndarray, pr
     reading adds 0 with weight 0); cum and cnt become prev_cum and prev_cnt plus the day,
     slot by slot."""
     x = np.float64(row[a])
-    ok1 = x == x
-    c1 = x if ok1 else 0.0
-    o1 = 1.0 if ok1 else 0.0
-    z1 = 1.0 if x <= ZERO_KWH else 0.0
-    n = o1
-    nz = z1
-    s1 = c1
-    s2 = c1 * c1
-    cum[0] = prev_cum[0] + c1
-    cnt[0] = prev_cnt[0] + o1
+    ok0 = x == x
+    c0 = x if ok0 else 0.0  # the reading before, carried (a first-order recurrence vectorises)
+    o0 = 1.0 if ok0 else 0.0
+    z0 = 1.0 if x <= ZERO_KWH else 0.0
+    n = o0
+    nz = z0
+    s1 = c0
+    s2 = c0 * c0
+    cum[0] = prev_cum[0] + c0
+    cnt[0] = prev_cnt[0] + o0
     pn = zz = p0 = p1 = p01 = 0.0
     for i in range(1, n_slots):
-        x0 = np.float64(row[a + i - 1])
         x = np.float64(row[a + i])
-        ok0 = x0 == x0
         ok1 = x == x
-        c0 = x0 if ok0 else 0.0
         c1 = x if ok1 else 0.0
-        o0 = 1.0 if ok0 else 0.0
         o1 = 1.0 if ok1 else 0.0
         z1 = 1.0 if x <= ZERO_KWH else 0.0
         n += o1
@@ -197,10 +193,13 @@ def _day_sums_regular(row: np.ndarray, a: int, n_slots: int, cum: np.ndarray, pr
         cum[i] = prev_cum[i] + c1
         cnt[i] = prev_cnt[i] + o1
         pn += o0 * o1
-        zz += (1.0 if x0 <= ZERO_KWH else 0.0) * z1
+        zz += z0 * z1
         p0 += c0 * o1
         p1 += c1 * o0
         p01 += c0 * c1
+        c0 = c1
+        o0 = o1
+        z0 = z1
     return n, nz, s1, s2, pn, zz, p0, p1, p01
 
 
