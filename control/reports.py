@@ -1,7 +1,10 @@
 """Reports from the ledger: income by day, month or year, and orders, as rows or CSV.
 
 Income is counted in the site's time zone: money in (top-ups and bill payments), money
-out (refunds), and revenue posted (charges by utility, fee items). Orders are every
+out (refunds), and revenue posted (charges by utility, fee items). A resident's opening
+balance (a top-up whose payment id starts with `OPENING`, recorded once when the platform
+first opens the account) is money the resident already had, not income: it is left out of
+paid in. Orders are every
 top-up, refund, fee, bill and bill payment, newest first. Reports read; they never write.
 """
 
@@ -18,6 +21,20 @@ from twin.ledger import Ledger
 
 PERIODS = {"day": "%Y-%m-%d", "month": "%Y-%m", "year": "%Y"}
 ORDER_KINDS = ("topup", "refund", "fee", "bill", "bill_payment")
+#: Payment id prefix of the opening balances the platform records (control.runtime).
+OPENING = "opening:"
+
+
+def paid_in_fen(ledger: Ledger, since: float, until: float | None = None) -> int:
+    """Money paid in (top-ups and bill payments, opening balances left out) at or after
+    `since` (and at or before `until`), fen: the paid-in figure of `income` for that span."""
+    sql = ("SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE kind IN ('topup', 'bill_payment') "
+           "AND NOT (kind = 'topup' AND substr(COALESCE(ref, ''), 1, ?) = ?) AND at >= ?")
+    args: list[Any] = [len(OPENING), OPENING, since]
+    if until is not None:
+        sql += " AND at <= ?"
+        args.append(until)
+    return int(ledger.db.execute(sql, args).fetchone()[0])
 
 
 def income(ledger: Ledger, timezone: str, period: str = "day") -> list[dict[str, Any]]:
@@ -26,10 +43,12 @@ def income(ledger: Ledger, timezone: str, period: str = "day") -> list[dict[str,
         raise ValueError(f"period is day, month or year, not {period!r}")
     tz = ZoneInfo(timezone)
     rows: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
-    for at, kind, debit, credit, amount in ledger.db.execute(
-            "SELECT at, kind, debit, credit, amount FROM transfers ORDER BY at, id"):
+    for at, kind, debit, credit, amount, ref in ledger.db.execute(
+            "SELECT at, kind, debit, credit, amount, ref FROM transfers ORDER BY at, id"):
         key = datetime.fromtimestamp(at, tz=tz).strftime(PERIODS[period])
         row = rows[key]
+        if kind == "topup" and (ref or "").startswith(OPENING):
+            continue  # an opening balance: the resident's own money, not income
         if kind in ("topup", "bill_payment"):
             row["paid_in_fen"] += amount
         elif kind == "refund":

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from control.reports import paid_in_fen
 from twin.history import History, HistoryError, open_history
 from twin.kernels.billing import bill_fleet
 from twin.model import Kind
@@ -300,9 +301,7 @@ def overview(platform: Platform) -> dict[str, Any]:
                      dtype=np.int64)
     load = np.nansum(readings[:, sub_e], axis=1) if sub_e.size else np.zeros(len(times))
     water = np.nansum(readings[:, sub_w], axis=1) if sub_w.size else np.zeros(len(times))
-    paid = platform.ledger.db.execute(
-        "SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE kind IN ('topup', 'bill_payment') AND at >= ?",
-        (midnight,)).fetchone()[0]
+    paid = paid_in_fen(platform.ledger, midnight)  # as the income report counts it: opening balances are not income
     alarms = platform.alarms.open_alarms()
     by_kind: dict[str, int] = {}
     for alarm in alarms:

@@ -23,6 +23,7 @@ from control.api.errors import AUTH
 from control.api.history import bucket_sums, reader
 from control.api.live import Snapshot
 from control.api.site import room_statuses
+from control.reports import paid_in_fen
 from twin.model import Kind
 
 router = APIRouter(tags=["site"], dependencies=[Viewer], responses=AUTH)
@@ -79,10 +80,10 @@ def _today(platform: Any, history: Any, midnight: int) -> dict[str, Any]:
 
 def _money(platform: Any, midnight: int, now: float) -> dict[str, int]:
     rows = platform.ledger.db.execute(
-        "SELECT kind, COALESCE(SUM(amount), 0) FROM transfers WHERE at >= ? AND at <= ? AND kind IN "
-        "('topup', 'bill_payment', 'refund') GROUP BY kind", (midnight, now)).fetchall()
+        "SELECT kind, COALESCE(SUM(amount), 0) FROM transfers WHERE at >= ? AND at <= ? AND kind = 'refund' "
+        "GROUP BY kind", (midnight, now)).fetchall()
     sums_by_kind = {kind: int(total) for kind, total in rows}
-    return {"paid_in_fen": sums_by_kind.get("topup", 0) + sums_by_kind.get("bill_payment", 0),
+    return {"paid_in_fen": paid_in_fen(platform.ledger, midnight, now),  # opening balances are not income
             "refunded_fen": sums_by_kind.get("refund", 0)}
 
 

@@ -182,3 +182,30 @@ def test_every_control_callback_refuses_a_viewer(platform, guard):
         session["user"], session["role"] = "olga", 2
     assert client.post("/_dash-update-component", json=bodies[1]).status_code == 200
     assert platform.alarms.get(alarm.id).state.value == "acknowledged"
+
+
+def test_income_today_leaves_opening_balances_out(platform):
+    """The overview's income today is what residents paid today (top-ups and bill
+    payments), as the income report counts it: the opening balances the platform recorded
+    when it opened the accounts are the residents' own money, not income."""
+    from control.reports import income
+
+    ledger = platform.ledger
+    midnight = data.local_midnight(platform)
+    openings = ledger.db.execute("SELECT COUNT(*), COALESCE(SUM(amount), 0) FROM transfers WHERE kind = 'topup' "
+                                 "AND ref LIKE 'opening:%' AND at >= ?", (midnight,)).fetchone()
+    assert openings[0] > 0 and openings[1] > 0  # the scenario's residents opened today with money
+    today = datetime.fromtimestamp(platform.now(), tz=platform.world.tz).strftime("%Y-%m-%d")
+
+    def reported() -> int:
+        rows = income(ledger, platform.scenario.site.timezone, "day")
+        return next((r.get("paid_in_fen", 0) for r in rows if r["period"] == today), 0)
+
+    before = data.overview(platform)["income_fen_today"]
+    paid = ledger.db.execute("SELECT COALESCE(SUM(amount), 0) FROM transfers WHERE kind IN ('topup', 'bill_payment') "
+                             "AND NOT ref LIKE 'opening:%' AND at >= ?", (midnight,)).fetchone()[0]
+    assert before == paid == reported()
+    account = next(iter(ledger.balances()))
+    ledger.top_up("test-income-1", account, 1234, at=platform.now())
+    after = data.overview(platform)["income_fen_today"]
+    assert after == before + 1234 == reported()
