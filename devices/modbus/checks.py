@@ -5,7 +5,10 @@ A decoded value is refused when it is NaN or outside its point's valid range. A 
 than the point's `max_rate_per_h` allows in the hours since its last good reading, plus a
 small allowance (`grace_s` at full rate, and two steps of its scale, for meters that update
 their registers a little late). A refused value never becomes the reference: the next
-reading is compared with the last good one. Example::
+reading is compared with the last good one. An unchanged value keeps its reference's time:
+a register that moves in steps (whole kWh, or a whole interval's energy at once) may have
+been counting all the while since it was first read at that value, not just since the
+last poll. Example::
 
     checks = Checks()
     checks.problem("B01-01-01.em", energy_point, 1200.5, ts=1_700_000_000.0)   # None: good
@@ -25,7 +28,7 @@ class Reference:
     """A counter's last good reading."""
 
     value: float  #: engineering value
-    ts: float  #: when it was read (seconds, the collector's clock)
+    ts: float  #: when it was first read at this value (seconds, the collector's clock)
 
 
 class Checks:
@@ -57,6 +60,8 @@ class Checks:
             if value - last.value > allowed:
                 return (f"counter jumped by {value - last.value:g} in {hours:.3g} h "
                         f"(at most {point.max_rate_per_h:g} per hour)")
+            if value == last.value:  # the step it takes next may hold all the time since it was first seen
+                return None
         self._references[key] = Reference(value, ts)
         return None
 
