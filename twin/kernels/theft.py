@@ -40,6 +40,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
+from twin.kernels.order import select
+
 TOTAL, ZERO_H, CV, LAG1, PROFILE_CORR, BAL_CORR = range(6)
 FEATURES = ("total", "zero_hours", "cv", "lag1", "profile_corr", "balance_corr")
 #: A reading at or below this (kWh per interval) counts as "off" for ZERO_H.
@@ -701,36 +703,10 @@ def trailing_robust_z(
 
 
 @njit(cache=True, nogil=True)
-def _kth(part: np.ndarray, n: int, k: int) -> float:
-    """The k-th smallest of part[:n] (0-based), reordering it so that part[:k] holds the k
-    smallest (Hoare's quickselect; a median of some 100 peers in O(n), not a sort)."""
-    lo, hi = 0, n - 1
-    while hi > lo:
-        pivot = part[(lo + hi) // 2]
-        i, m = lo, hi
-        while i <= m:
-            while part[i] < pivot:
-                i += 1
-            while part[m] > pivot:
-                m -= 1
-            if i <= m:
-                part[i], part[m] = part[m], part[i]
-                i += 1
-                m -= 1
-        if k <= m:
-            hi = m
-        elif k >= i:
-            lo = i
-        else:
-            break
-    return part[k]
-
-
-@njit(cache=True, nogil=True)
 def _median_select(buf: np.ndarray, n: int) -> float:
     """Median of buf[:n], n >= 1, reordering it (quickselect; the same value as sorting)."""
     h = n // 2
-    upper = _kth(buf, n, h)
+    upper = select(buf[:n], h)
     if n % 2:
         return upper
     lower = buf[0]
