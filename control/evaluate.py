@@ -42,6 +42,21 @@ THEFT_KINDS = ("h1", "h2", "h3", "h4", "h5", "h6", "bypass")
 TOTAL_KINDS = ("h1", "h2", "h3", "h4", "bypass")
 TOTALS_ROW = "theft (totals)"
 FPR = 0.05
+#: printed under the tables: what each column means (the --json file carries the same figures by field name)
+LEGEND = f"""\
+columns:
+  kind      the injected kind (theft h1-h6, bypass, leak, offline...); 'theft (all)' is every theft kind
+            together, and 'theft (totals)' those that change a day's total (h1-h4, bypass)
+  detector  the score that judged the kind
+  pos       positives: meter-days inside an injected window of the kind
+  neg       negatives: meter-days with no injection, on meters that were scored
+  prec      precision at the detector's own threshold: of the flagged meter-days, the share truly injected
+  recall    recall at the detector's own threshold: of the positive meter-days, the share flagged
+  AUC       ROC area: the chance a positive meter-day scores above a negative one (0.5 is chance, 1 perfect)
+  @{FPR:.0%}FP     detection rate with the threshold set so {FPR:.0%} of the negative meter-days are flagged
+  days      median days from a window's start to its first flagged day, over the windows found
+  found     injected windows flagged on at least one of their days / all injected windows of the kind
+  -         no figure: nothing to count (no positives, or no window found)"""
 
 EXAMPLES = """\
 examples:
@@ -227,6 +242,7 @@ def run_evaluate(directory: str, interval: str | None = None, no_masters: bool =
     text = "\n\n".join(render(f"{directory} ({label})", rows) for label, rows in results.items())
     if len(results) > 1:
         text += "\n\n" + render_side_by_side(list(results), list(results.values()))
+    text += "\n\n" + LEGEND
     _say(progress, f"done in {time.perf_counter() - t0:.1f}s")
     return {"dir": str(directory), "fpr": FPR,
             "views": {label: [asdict(r) for r in rows] for label, rows in results.items()}, "text": text}

@@ -55,8 +55,9 @@ def test_daily_without_masters_sees_the_thefts_that_change_totals(report: dict) 
 
 def test_cli_prints_the_table_and_writes_json(theft_run: Path, tmp_path: Path,
                                               capsys: pytest.CaptureFixture[str]) -> None:
-    """The table names every theft kind with both views side by side; --json holds the same
-    figures (NaN as null); progress goes to stderr."""
+    """The table names every theft kind with both views side by side, followed by a legend
+    that explains every column of its header; --json holds the same figures (NaN as null)
+    and no legend; progress goes to stderr."""
     out = tmp_path / "figures.json"
     assert main(["evaluate", str(theft_run), "--also-daily", "--json", str(out)]) == 0
     captured = capsys.readouterr()
@@ -64,7 +65,13 @@ def test_cli_prints_the_table_and_writes_json(theft_run: Path, tmp_path: Path,
         assert kind in captured.out
     assert "15min AUC" in captured.out and "daily, no masters AUC" in captured.out
     assert "evaluate: scoring theft" in captured.err
+    table, legend = captured.out.split("\ncolumns:\n")
+    headers = {name for line in table.splitlines() if line.startswith("kind ") for name in line.split()}
+    assert {"pos", "neg", "AUC", "@5%FP", "days", "found"} <= headers
+    explained = {line.split()[0] for line in legend.splitlines() if line.startswith("  ") and line[2] != " "}
+    assert headers <= explained, headers - explained
     body = json.loads(out.read_text())
+    assert set(body) == {"dir", "fpr", "views"}
     h1 = next(r for r in body["views"]["15min"] if r["kind"] == "h1")
     assert 0.0 <= h1["auc"] <= 1.0 and h1["windows"] == 5
 
