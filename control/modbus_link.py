@@ -161,6 +161,10 @@ class ModbusLink:
         self.timeout_s, self.offline_after = timeout_s, offline_after
         self.cycles = 0
         self.last_cycle: CycleStats | None = None
+        #: platform time at which the last completed cycle began (None before the first):
+        #: a twin unread since then was asked and did not answer, one unread since earlier
+        #: may only be waiting on a collector that fell behind
+        self.last_cycle_began: float | None = None
         self.writes = {"confirmed": 0, "not_confirmed": 0, "unreachable": 0}
         self.waiting: list[tuple[str, str, int]] = []  #: writes asked for before `start`
         self.pending: set[asyncio.Task[Any]] = set()  #: writes under way
@@ -227,11 +231,23 @@ class ModbusLink:
         while True:
             started = loop.time()
             try:
-                self.last_cycle = await self.collector.poll_cycle()
-                self.cycles += 1
+                await self.poll_cycle()
             except Exception:  # the collector catches per-unit faults; anything else is a bug: log, keep going
                 log.exception("poll cycle failed")
             await asyncio.sleep(max(0.05, self.poll_s - (loop.time() - started)))
+
+    async def poll_cycle(self) -> CycleStats:
+        """Poll every unit once (what the polling task does every `poll_s`), and note when."""
+        assert self.collector is not None, "start() the link first"
+        began = self.clock()
+        self.last_cycle = await self.collector.poll_cycle()
+        self.cycles += 1
+        self.last_cycle_began = began
+        return self.last_cycle
+
+    def polled_since(self, t: float) -> bool:
+        """Whether a whole poll cycle began at or after platform time `t` and completed."""
+        return self.last_cycle_began is not None and self.last_cycle_began >= t
 
     async def stop(self) -> None:
         """Stop polling and close the connections and the emulated gateways."""

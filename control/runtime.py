@@ -429,8 +429,13 @@ class Platform:
 
     def _check_offline(self, now: float) -> None:
         """Meters silent for two intervals raise an `offline` alarm; it clears when they
-        report again."""
+        report again. Over Modbus a meter is silent only when the collector asked it since
+        then: while no poll cycle has begun and completed within the two intervals (the
+        platform stalled, or is starting), the stale stamps are the collector's, and wait."""
         limit = now - 2 * self.world.interval_s
+        if self.modbus is not None and not self.modbus.polled_since(limit):
+            log.info("offline check skipped: no poll cycle completed since %d s ago", now - limit)
+            return
         for kind in (Kind.ELECTRIC_METER, Kind.WATER_METER):
             table = self.state.tables[kind]
             stamps, online = table.stamps["reported"], table.faces["reported"]["online"]
