@@ -5,6 +5,9 @@
   requested by `opcua:<user>`), and the method returns its outcome: confirmed, failed or
   expired, or still `sent` when the device has not answered within `METHOD_WAIT_S`.
 - Users: the platform's users and roles (`control.auth`), password checked by scrypt.
+- Balances: each meter's BalanceFen, its account's available balance from the ledger in
+  platform billing (as /api/accounts and the dashboard show it), the meter's credit register
+  in meter billing (a water meter shows its account's credit); no account, no value.
 - Alarms: transitions of the alarm book (raised, acknowledged, cleared) since the last look.
 - Thresholds: per-twin alarm limits an operator sets over OPC UA (PowerLimitW on electric
   meters, FlowLimitM3h on water meters). A periodic task raises `power_over_limit` or
@@ -23,9 +26,11 @@ import time
 from contextlib import AbstractAsyncContextManager
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from control.auth import AuthError
 from control.commands import OPERATOR_ACTIONS, CommandError
-from devices.opcua.server import AlarmNote, CommandOutcome, TwinTreeServer
+from devices.opcua.server import AlarmNote, Balances, CommandOutcome, TwinTreeServer
 from twin.alarms import Alarm, Severity
 from twin.model import Kind
 
@@ -59,6 +64,14 @@ class PlatformLink:
         self._dirty = False
         self._announced: dict[int, str] = {a.id: a.state.value for a in platform.alarms.open_alarms()}
         platform.every("alarm thresholds", float(self.interval_s), self._check_thresholds)
+        #: kind -> the account of each row of its table (None: no account), for the balances
+        self._accounts: dict[Kind, list[str | None]] = {}
+        for kind in (Kind.ELECTRIC_METER, Kind.WATER_METER):
+            accounts: list[str | None] = [None] * len(self.fleet.tables[kind])
+            for twin, row in self.fleet.tables[kind].row_of.items():
+                spec = platform.twin_specs.get(twin)
+                accounts[row] = spec.account if spec is not None and spec.account else None
+            self._accounts[kind] = accounts
 
     # -- TwinBackend ----------------------------------------------------------------------
 
@@ -119,6 +132,29 @@ class PlatformLink:
             del self._announced[alarm_id]
             notes.append(_note(book.get(alarm_id)))
         return notes
+
+    def balances(self) -> dict[Kind, Balances]:
+        """BalanceFen per meter row: one pass over the accounts per call (under the lock)."""
+        known = {kind: np.array([a is not None for a in accounts], dtype=bool)
+                 for kind, accounts in self._accounts.items()}
+        if self.platform.meter_billing is None:  # platform billing: the ledger holds the balance
+            names = sorted({a for accounts in self._accounts.values() for a in accounts if a is not None})
+            available = dict(zip(names, self.platform.billing.available_many(list(names)).tolist(), strict=True))
+            return {kind: Balances(np.array([available[a] if a is not None else 0 for a in accounts], dtype=np.int64),
+                                   known[kind], from_ledger=True)
+                    for kind, accounts in self._accounts.items()}
+        # meter billing: the meter's own credit register; a water meter shows its account's
+        credit = self.fleet.tables[Kind.ELECTRIC_METER].faces["reported"]["credit_fen"].astype(np.int64)
+        by_account: dict[str, int] = {}
+        for account, fen in zip(self._accounts[Kind.ELECTRIC_METER], credit.tolist(), strict=True):
+            if account is not None:
+                by_account[account] = by_account.get(account, 0) + fen
+        water = np.array([by_account.get(a, 0) if a is not None else 0 for a in self._accounts[Kind.WATER_METER]],
+                         dtype=np.int64)
+        water_known = known[Kind.WATER_METER] & np.array([a in by_account for a in self._accounts[Kind.WATER_METER]],
+                                                         dtype=bool)
+        return {Kind.ELECTRIC_METER: Balances(credit, known[Kind.ELECTRIC_METER], from_ledger=False),
+                Kind.WATER_METER: Balances(water, water_known, from_ledger=False)}
 
     # -- UserDirectory ----------------------------------------------------------------------
 

@@ -6,7 +6,11 @@ type of our namespace (`urn:metertwin:twins`): ElectricMeterType, WaterMeterType
 ElevatorLoadType, SharedCircuitType, with variables that carry engineering units (a shared
 EngineeringUnits property per unit), source timestamps (the reading's time) and status Good,
 or Bad when the twin is offline (BadNoCommunication) or stale, silent for two intervals
-(BadDataUnavailable; a value never reported: BadWaitingForInitialData). Methods (Trip,
+(BadDataUnavailable; a value never reported: BadWaitingForInitialData). BalanceFen is the
+meter's account's balance as the backend gives it (`TwinBackend.balances`): the ledger's
+available balance in platform billing (Good while the ledger answers, whatever the meter's
+comms), the meter's credit register in meter billing (its status follows the meter's); a
+meter without an account shows BadNoData, never a Good 0. Methods (Trip,
 Close, OpenValve, CloseValve, SetAlarmThresholds) go through the control core's command path
 via the `TwinBackend` the composition root hands in, and return its outcome. Alarm
 transitions of the control core are raised as AlarmConditionType events from the Server
@@ -107,6 +111,20 @@ class TwinBackend(Protocol):
     def alarm_changes(self) -> list[AlarmNote]:
         """Alarm transitions since the last call (called under the lock)."""
 
+    def balances(self) -> dict[Kind, Balances]:
+        """The BalanceFen of every metered twin, per kind in its table's row order (called
+        under the lock, once per push round: one pass over the accounts, not one per node)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Balances:
+    """The balances shown on one kind's meters, in the kind's table row order. Example:
+    ``Balances(np.array([16300, 0]), np.array([True, False]), from_ledger=True)``."""
+
+    fen: np.ndarray  #: int64, the balance in fen (0.01 yuan) per row
+    known: np.ndarray  #: bool per row; False where the twin has no account (the node is Bad)
+    from_ledger: bool  #: True in platform billing: the value does not depend on the meter's comms
+
 
 @dataclass(frozen=True, slots=True)
 class Var:
@@ -114,7 +132,8 @@ class Var:
     and unit. Example: ``Var("EnergyKWh", "reported", "energy_kwh", ua.VariantType.Double, "kWh")``."""
 
     name: str  #: browse name
-    face: str  #: reported or derived; "threshold" for a writable alarm threshold
+    face: str  #: reported or derived; "account" for the balance (`TwinBackend.balances`); "threshold" for a
+    #: writable alarm threshold
     field: str  #: the column in twin.state, or the threshold's name
     vtype: ua.VariantType  #: OPC UA type
     unit: str | None = None  #: engineering unit shown, a key of UNITS
@@ -132,13 +151,13 @@ TYPES: dict[Kind, tuple[str, tuple[Var, ...]]] = {
         Var("VoltageV", "reported", "voltage_v", _F, "V", "voltage"),
         Var("CurrentA", "reported", "current_a", _F, "A", "current"),
         Var("RelayClosed", "reported", "relay_closed", _B, None, "true when supply is on"),
-        Var("BalanceFen", "derived", "balance_fen", _I, "fen", "account balance (fen = 0.01 yuan)"),
+        Var("BalanceFen", "account", "balance_fen", _I, "fen", "account balance (fen = 0.01 yuan)"),
         Var("PowerLimitW", "threshold", "power_limit_w", _D, "W", "alarm above this power; 0 = off (writable)"),
     )),
     Kind.WATER_METER: ("WaterMeterType", (
         Var("VolumeM3", "reported", "volume_m3", _D, "m3", "total volume register"),
         Var("FlowM3h", "reported", "flow_m3h", _F, "m3/h", "flow"),
-        Var("BalanceFen", "derived", "balance_fen", _I, "fen", "account balance (fen = 0.01 yuan)"),
+        Var("BalanceFen", "account", "balance_fen", _I, "fen", "account balance (fen = 0.01 yuan)"),
         Var("FlowLimitM3h", "threshold", "flow_limit_m3h", _D, "m3/h", "alarm above this flow; 0 = off (writable)"),
     )),
     Kind.VALVE: ("ValveType", (Var("Open", "reported", "open", _B, None, "true when the valve is open"),)),
@@ -534,8 +553,9 @@ class TwinTreeServer:
                 table = fleet.tables[kind]
                 if not len(table):
                     continue
-                cols = [table.faces[c.var.face][c.var.field].copy() for c in nodes.columns if c.var.face != "threshold"]
+                cols = [table.faces[c.var.face][c.var.field].copy() for c in nodes.columns if _follows_state(c.var)]
                 snapshot[kind] = (cols, table.faces["reported"]["online"].copy(), table.stamps["reported"].copy())
+            balances = self._balances()
             alarms = self.backend.alarm_changes()
         written = 0
         stale_before = now - 2 * self.backend.interval_s
@@ -544,13 +564,20 @@ class TwinTreeServer:
                               np.where(stamps == 0, ua.StatusCodes.BadWaitingForInitialData,
                                        np.where(stamps < stale_before, ua.StatusCodes.BadDataUnavailable,
                                                 ua.StatusCodes.Good))).astype(np.int64)
-            columns = [c for c in self.kinds[kind].columns if c.var.face != "threshold"]
+            columns = [c for c in self.kinds[kind].columns if _follows_state(c.var)]
             for column, values in zip(columns, cols, strict=True):
                 written += await self._write_column(column, values, status, stamps)
+            for column in (c for c in self.kinds[kind].columns if c.var.face == "account"):
+                written += await self._write_column(column, *_balance_column(balances.get(kind), status, stamps, now))
         for note in alarms:
             await self._raise(note)
         self.pushed += written
         return written
+
+    def _balances(self) -> dict[Kind, Balances]:
+        """The backend's balances (under the lock); none from a backend that keeps none."""
+        balances = getattr(self.backend, "balances", None)
+        return balances() if balances is not None else {}
 
     async def _write_column(self, column: _Column, values: np.ndarray, status: np.ndarray,
                             stamps: np.ndarray) -> int:
@@ -628,6 +655,25 @@ def _drop_refusals(record: logging.LogRecord) -> bool:
 
 
 @functools.cache
+def _follows_state(var: Var) -> bool:
+    """True for a variable copied from the twin state (not a threshold, not the balance)."""
+    return var.face not in ("threshold", "account")
+
+
+def _balance_column(balances: Balances | None, status: np.ndarray, stamps: np.ndarray,
+                    now: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(values, status, source times) of one kind's BalanceFen column. A ledger balance is
+    Good (stamped now) whatever the meter's comms; a meter's credit register carries the
+    meter's status and time; a row without an account, or no balances at all, is BadNoData."""
+    no_data = np.int64(ua.StatusCodes.BadNoData)
+    if balances is None or len(balances.fen) != len(status):
+        return np.zeros(len(status), dtype=np.int64), np.full(len(status), no_data), stamps
+    if balances.from_ledger:
+        status, stamps = np.full(len(status), ua.StatusCodes.Good, dtype=np.int64), np.full_like(stamps, int(now))
+    return (np.asarray(balances.fen, dtype=np.int64), np.where(balances.known, status, no_data).astype(np.int64),
+            stamps)
+
+
 def _status(code: int) -> ua.StatusCode:
     """One StatusCode object per code (they are never changed)."""
     return ua.StatusCode(ua.UInt32(code))

@@ -46,11 +46,11 @@ NS = "urn:metertwin:twins"
 class PlatformRun:
     """`metertwin run` of a small site on free ports, with an operator and a viewer."""
 
-    def __init__(self, tmp: Path, *extra: str) -> None:
+    def __init__(self, tmp: Path, *extra: str, scenario_text: str = SCENARIO) -> None:
         self.tmp = tmp
         self.data = tmp / "data"
         scenario = tmp / "opcua.toml"
-        scenario.write_text(SCENARIO)
+        scenario.write_text(scenario_text)
         self.port = free_tcp_port()
         self.opcua_port = free_tcp_port()
         self.endpoint = f"opc.tcp://127.0.0.1:{self.opcua_port}"
