@@ -1,17 +1,23 @@
 """BalanceFen over OPC UA in platform billing: a `metertwin run` whose ledger holds the
 balance, read over a real socket (Basic256Sha256 SignAndEncrypt) and compared with what
-/api/accounts says, before and after a top-up; a meter without an account is Bad."""
+/api/accounts says, before and after a top-up; a meter without an account is Bad. And what
+the link hands the server in each billing mode, in process."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 
 import httpx
 import pytest
 from asyncua import ua
 
+from control.opcua_link import PlatformLink
+from control.runtime import Platform
+from dashboard.data import available_fen
 from tests.devices.opcua_support import NS, PASSWORD, SCENARIO, PlatformRun, connect
+from twin.model import Kind
 
 PLATFORM_BILLING = SCENARIO + """
 [residents]
@@ -87,3 +93,51 @@ async def _balance(run: PlatformRun) -> None:
         assert after > opening + amount // 2, (opening, after)
     finally:
         await client.disconnect()
+
+
+IN_PROCESS = """\
+[site]
+id = "K1"
+
+[[buildings]]
+id = "B01"
+floors = 2
+rooms_per_floor = 2
+electric = {{}}
+water = {{}}
+master = {{ electric = true, water = true }}
+
+[residents]
+billing = "{billing}"
+opening_yuan = [30, 90]
+"""
+
+
+@pytest.mark.parametrize("billing", ["platform", "meter"])
+def test_link_balances_follow_the_billing_mode(tmp_path, billing):
+    """What the link hands the server, in one call: in platform billing each meter's
+    account's available balance from the ledger (the dashboard's figure); in meter billing
+    the electric meter's credit register, its water meter the account's; the master meters
+    (no account) unknown."""
+    path = tmp_path / "k.toml"
+    path.write_text(IN_PROCESS.format(billing=billing))
+    platform = Platform(str(path), tmp_path / "data", start=datetime(2026, 3, 2, 9))
+    try:
+        platform.world.advance_to(3 * 3600)
+        balances = PlatformLink(platform).balances()
+        for kind in (Kind.ELECTRIC_METER, Kind.WATER_METER):
+            table = platform.state.tables[kind]
+            accounts: list[str | None] = [None] * len(table)
+            for twin, row in table.row_of.items():
+                accounts[row] = platform.twin_specs[twin].account
+            shown = balances[kind]
+            assert shown.from_ledger is (billing == "platform")
+            assert shown.known.tolist() == [a is not None for a in accounts]
+            have = [i for i, a in enumerate(accounts) if a is not None]
+            expected = available_fen(platform, [accounts[i] for i in have])
+            assert shown.fen[have].tolist() == expected.tolist() and (expected > 0).all()
+        if billing == "meter":
+            credit = platform.state.tables[Kind.ELECTRIC_METER].faces["reported"]["credit_fen"]
+            assert balances[Kind.ELECTRIC_METER].fen.tolist() == credit.tolist()
+    finally:
+        platform.close()
