@@ -64,14 +64,18 @@ class PlatformLink:
         self._dirty = False
         self._announced: dict[int, str] = {a.id: a.state.value for a in platform.alarms.open_alarms()}
         platform.every("alarm thresholds", float(self.interval_s), self._check_thresholds)
-        #: kind -> the account of each row of its table (None: no account), for the balances
-        self._accounts: dict[Kind, list[str | None]] = {}
+        #: the accounts of the metered twins, and per kind the index into them of each table row (-1: none)
+        rows_accounts: dict[Kind, list[str | None]] = {}
         for kind in (Kind.ELECTRIC_METER, Kind.WATER_METER):
             accounts: list[str | None] = [None] * len(self.fleet.tables[kind])
             for twin, row in self.fleet.tables[kind].row_of.items():
                 spec = platform.twin_specs.get(twin)
                 accounts[row] = spec.account if spec is not None and spec.account else None
-            self._accounts[kind] = accounts
+            rows_accounts[kind] = accounts
+        self._names: list[str | None] = [*sorted({a for accounts in rows_accounts.values() for a in accounts if a})]
+        number = {a: i for i, a in enumerate(self._names)}
+        self._index = {kind: np.array([number[a] if a else -1 for a in accounts], dtype=np.int64)
+                       for kind, accounts in rows_accounts.items()}
 
     # -- TwinBackend ----------------------------------------------------------------------
 
@@ -135,26 +139,20 @@ class PlatformLink:
 
     def balances(self) -> dict[Kind, Balances]:
         """BalanceFen per meter row: one pass over the accounts per call (under the lock)."""
-        known = {kind: np.array([a is not None for a in accounts], dtype=bool)
-                 for kind, accounts in self._accounts.items()}
         if self.platform.meter_billing is None:  # platform billing: the ledger holds the balance
-            names = sorted({a for accounts in self._accounts.values() for a in accounts if a is not None})
-            available = dict(zip(names, self.platform.billing.available_many(list(names)).tolist(), strict=True))
-            return {kind: Balances(np.array([available[a] if a is not None else 0 for a in accounts], dtype=np.int64),
-                                   known[kind], from_ledger=True)
-                    for kind, accounts in self._accounts.items()}
+            available = np.asarray(self.platform.billing.available_many(self._names), dtype=np.int64)
+            return {kind: Balances(_take(available, index), index >= 0, from_ledger=True)
+                    for kind, index in self._index.items()}
         # meter billing: the meter's own credit register; a water meter shows its account's
+        electric = self._index[Kind.ELECTRIC_METER]
         credit = self.fleet.tables[Kind.ELECTRIC_METER].faces["reported"]["credit_fen"].astype(np.int64)
-        by_account: dict[str, int] = {}
-        for account, fen in zip(self._accounts[Kind.ELECTRIC_METER], credit.tolist(), strict=True):
-            if account is not None:
-                by_account[account] = by_account.get(account, 0) + fen
-        water = np.array([by_account.get(a, 0) if a is not None else 0 for a in self._accounts[Kind.WATER_METER]],
-                         dtype=np.int64)
-        water_known = known[Kind.WATER_METER] & np.array([a in by_account for a in self._accounts[Kind.WATER_METER]],
-                                                         dtype=bool)
-        return {Kind.ELECTRIC_METER: Balances(credit, known[Kind.ELECTRIC_METER], from_ledger=False),
-                Kind.WATER_METER: Balances(water, water_known, from_ledger=False)}
+        mine = electric >= 0
+        by_account = np.bincount(electric[mine], weights=credit[mine], minlength=len(self._names))
+        has_meter = np.bincount(electric[mine], minlength=len(self._names)) > 0
+        water = self._index[Kind.WATER_METER]
+        return {Kind.ELECTRIC_METER: Balances(credit, mine, from_ledger=False),
+                Kind.WATER_METER: Balances(_take(np.rint(by_account).astype(np.int64), water),
+                                           (water >= 0) & _take(has_meter, water).astype(bool), from_ledger=False)}
 
     # -- UserDirectory ----------------------------------------------------------------------
 
@@ -185,6 +183,13 @@ class PlatformLink:
                     cleared = self.platform.alarms.clear_subject(alarm_kind, twin=twin, at=now)
                     if cleared is not None:
                         self.platform.alarm_changed(cleared, "cleared")
+
+
+def _take(values: np.ndarray, index: np.ndarray) -> np.ndarray:
+    """values[index], 0 where the index is -1 (no account)."""
+    if not len(values):
+        return np.zeros(len(index), dtype=values.dtype)
+    return np.where(index >= 0, values[np.maximum(index, 0)], 0).astype(values.dtype)
 
 
 def _note(alarm: Alarm) -> AlarmNote:
