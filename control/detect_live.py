@@ -37,7 +37,7 @@ import numpy as np
 from twin.alarms import Severity
 from twin.anomaly import anomaly_scores
 from twin.detect import DayScores, DetectView, Event, valve_columns
-from twin.history import History, HistoryError
+from twin.history import Column, History, HistoryError, Topology
 from twin.kernels.load import local_calendar
 
 if TYPE_CHECKING:
@@ -180,6 +180,63 @@ class LiveDetector:
                 "scored_until": self.last_end}
 
 
+def _sample(topology: Topology) -> Topology:
+    """One building's columns (the one with the most kinds of twin) and the site-level ones:
+    every kernel's types, at a small fraction of a large site's cost."""
+    buildings: dict[str, list[Column]] = {}
+    for column in topology.columns:
+        if column.building is not None:
+            buildings.setdefault(column.building, []).append(column)
+    most = max(buildings.values(), key=lambda columns: len({c.kind for c in columns}), default=[])
+    chosen = {c.id for c in most}
+    columns = [c for c in topology.columns if c.id in chosen or c.building is None]
+    return Topology(topology.site, topology.timezone, topology.interval_s, columns)
+
+
+def warm_up(platform: Platform, days: int = 2, seed: int = 0) -> float:
+    """Compile (or load from Numba's cache) the kernels the live platform calls on its
+    history: the detectors' on `days` synthetic days of the site's own columns (with a valve
+    closed and opened), the history roll-up's on a few cells, and the interval billing's on
+    one empty interval; returns the wall seconds it took. Run before the world's clock
+    starts: a first-use compile holds the interpreter for tens of seconds, and the
+    collector's polls (on the event loop) would wait behind it."""
+    from control.billing import slice_tables
+    from twin.history import DTYPE, MISSING_DTYPE
+    from twin.kernels.billing import bill_fleet
+    from twin.kernels.rollup import sum_intervals
+    from twin.tariffs import price_tables
+
+    started = time.perf_counter()
+    interval_s = platform.history.interval_s
+    topology = _sample(platform.history.topology)
+    start = int(datetime(2026, 3, 2, tzinfo=ZoneInfo(topology.timezone)).timestamp())  # a Monday, midnight
+    n = days * 86400 // interval_s
+    rng = np.random.default_rng(seed)
+    matrix = rng.gamma(2.0, 0.05, size=(len(topology.columns), n)).astype(np.float32)
+    matrix[:, n // 3] = np.nan  # the detectors' paths for a missing reading too
+    water = [c for c, column in enumerate(topology.columns) if column.kind == "water_meter"][:1]
+    events = [Event(start + hour * 3600, f"{topology.columns[c].id}.valve", "valve", value, c)
+              for c in water for hour, value in ((9, "closed"), (33, "open"))]
+    view = DetectView(matrix, topology, local_calendar(start, n, interval_s, topology.timezone), events)
+    anomaly_scores(view)
+    try:
+        from twin.theft import theft_scores
+    except ImportError:  # theft detection not installed
+        pass
+    else:
+        theft_scores(view)
+    cells = np.ones((4, 2), dtype=DTYPE)
+    sum_intervals(cells, 2, np.zeros((0, 2), dtype=MISSING_DTYPE), False,
+                  np.empty((2, 2), dtype=DTYPE), np.empty((2, 2), dtype=MISSING_DTYPE))
+    billing = getattr(platform, "billing", None)
+    meters = len(getattr(billing, "tariff_of", ()))
+    if billing is not None and meters:
+        tables = price_tables(billing.tariffs, start, 86400 // interval_s, interval_s, topology.timezone)
+        energy = np.zeros((meters, 1), dtype=np.float32)
+        bill_fleet(energy, billing.tariff_of, np.zeros(meters), slice_tables(tables, 0))
+    return time.perf_counter() - started
+
+
 def attach(platform: Platform, *, window_days: int = 10, every_s: float | None = None) -> LiveDetector:
     """Register the live detectors on `platform` as a periodic task; returns their state."""
     try:
@@ -191,4 +248,4 @@ def attach(platform: Platform, *, window_days: int = 10, every_s: float | None =
     return detector
 
 
-__all__ = ["LiveDetector", "SEVERITY", "attach"]
+__all__ = ["LiveDetector", "SEVERITY", "attach", "warm_up"]

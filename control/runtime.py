@@ -23,6 +23,8 @@ import gc
 import json
 import logging
 import signal
+import sys
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -37,7 +39,7 @@ from control.auth import Auth
 from control.batch import TaskBook
 from control.billing import LiveBilling
 from control.commands import Command, CommandBook, Device, DeviceRouter
-from control.detect_live import attach
+from control.detect_live import attach, warm_up
 from control.influx import sink_for
 from control.meter_billing import MeterBilling
 from control.modbus_link import GatewayAddress, ModbusDevice, ModbusLink
@@ -219,7 +221,6 @@ class Platform:
         self.world.advance_to(resume_s)
         self.replay_seconds = time.perf_counter() - replay_started
         self.commands.resume(self.now())
-        self.clock = SimClock(resume_s, speed)
         self.tasks: list[PeriodicTask] = []
         self.every("offline check", 2 * self.world.interval_s, self._check_offline)
         self.every("billing tick", billing_tick_s, self._billing_tick)
@@ -232,8 +233,37 @@ class Platform:
         self.stopping = False
         self.topups: TopUpBatcher | None = None
         self.detectors = attach(self)  # anomaly and theft detectors, alarms with evidence
+        self.warm_up()
+        self.clock = SimClock(resume_s, speed)  # the world moves from here, its kernels ready
 
     # -- composition --------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Compile the kernels the live platform calls (or load them from Numba's cache:
+        a fraction of a second) before the world moves: compiled on first use instead, they
+        would hold the interpreter for tens of seconds while the world's clock runs on and
+        the collector waits, and every meter would look silent. One line on stderr when it
+        takes more than a second (a first run, a changed kernel)."""
+        noted = threading.Event()
+
+        def note() -> None:
+            print("compiling the detector and history kernels (cached for the next start) ...", end="",
+                  file=sys.stderr, flush=True)
+            noted.set()
+
+        timer = threading.Timer(1.0, note)
+        timer.daemon = True
+        timer.start()
+        seconds: float | None = None
+        try:
+            seconds = warm_up(self, days=self.detectors.window_days)
+        except Exception:  # not fatal: the kernels then compile on first use, as before
+            log.exception("kernel warm-up failed")
+        finally:
+            timer.cancel()
+            timer.join()  # the note is printed whole or not at all
+        if noted.is_set():
+            print(" failed" if seconds is None else f" {seconds:.0f} s", file=sys.stderr, flush=True)
 
     def every(self, name: str, every_s: float, run: Callable[[float], None]) -> PeriodicTask:
         """Register a periodic task; it first runs one period from now."""

@@ -4,10 +4,14 @@ the fault ends; nothing else is flagged."""
 
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from datetime import datetime
 
 import pytest
+from numba.core.registry import CPUDispatcher
 
+import twin.kernels
 from control.detect_live import LEFT_TO_RUNTIME, SEVERITY
 from control.runtime import Platform
 from twin.alarms import Alarm
@@ -111,3 +115,22 @@ def test_leak_and_stuck_raise_alarms_with_evidence_then_clear(platform):
     assert ("leak", LEAK, "cleared") in stored and ("stuck", STUCK, "raised") in stored
     health = platform.health()["detectors"]
     assert health["runs"] == platform.detectors.runs and health["raised"] == 3 and health["cleared"] == 1
+
+
+def compiled() -> dict[str, int]:
+    """How many signatures each Numba kernel the detectors and the history use holds."""
+    names = ["twin.detect", *(f"twin.kernels.{m.name}" for m in pkgutil.iter_modules(twin.kernels.__path__))]
+    return {f"{name}.{attr}": len(kernel.signatures) for name in names
+            for attr, kernel in vars(importlib.import_module(name)).items() if isinstance(kernel, CPUDispatcher)}
+
+
+def test_the_live_detectors_compile_nothing_the_warm_up_did_not(platform):
+    """The platform compiles its detector and history kernels before its world moves: the
+    detectors scoring two days live, and the history rolling them up, add no signature to
+    any kernel (a compile on first use there would stall the collector's polls). Run alone,
+    this fails without the warm-up; after other tests it can only catch a missed type."""
+    before = compiled()
+    run_days(platform, 2.05)
+    assert platform.detectors.runs > 0
+    platform.history.flush()
+    assert compiled() == before
