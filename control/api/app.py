@@ -1,14 +1,18 @@
-"""The FastAPI application: the API under /api (OpenAPI at /api/docs) and a health page
-at /health. The dashboard mounts at / beside it in the same server (`Platform.serve`)."""
+"""The FastAPI application: the API under /api (OpenAPI at /api/docs, its Swagger UI served
+from a package, so it works without internet) and a health page at
+/health. The dashboard mounts at / beside it in the same server (`Platform.serve`)."""
 
 from __future__ import annotations
 
-import html
 import logging
+from importlib.util import find_spec
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 
 from control.api import (
     accounts,
@@ -27,16 +31,33 @@ from control.api import (
     tasks,
     twins,
 )
+from control.api.health_page import render_health
 
 if TYPE_CHECKING:
     from control.runtime import Platform
 
 log = logging.getLogger("metertwin.api")
+#: where Swagger UI's own JS, CSS and icon are served (under /api, so the dashboard at / never shadows it)
+DOCS_STATIC = "/api/docs-static"
+
+
+def swagger_ui_dir() -> Path:
+    """Swagger UI 5's files (swagger-ui-bundle.js, swagger-ui.css, favicon-32x32.png) as the
+    drf-spectacular-sidecar package ships them, found without importing it (its __init__
+    imports Django, which it requires but we never use). Missing files cost the docs page, never
+    the platform: a warning, and errors under /api/docs-static."""
+    spec = find_spec("drf_spectacular_sidecar")
+    package = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else Path("-")
+    found = package / "static" / "drf_spectacular_sidecar" / "swagger-ui-dist"
+    if not (found / "swagger-ui-bundle.js").is_file():
+        log.warning("no Swagger UI files at %s (pip install -e . installs drf-spectacular-sidecar): "
+                    "/api/docs will be blank", found)
+    return found
 
 
 def create_app(platform: Platform) -> FastAPI:
     """The HTTP application around a running platform."""
-    app = FastAPI(title="MeterTwin API", version="0.1.0", docs_url="/api/docs", redoc_url=None,
+    app = FastAPI(title="MeterTwin API", version="0.1.0", docs_url=None, redoc_url=None,
                   openapi_url="/api/openapi.json",
                   description="Twins with live state, commands, alarms and access. Authenticate with "
                               "`Authorization: Bearer mt_...` (an API key) or HTTP Basic (a user).")
@@ -45,6 +66,17 @@ def create_app(platform: Platform) -> FastAPI:
                    consumption, simulation, keys):
         app.include_router(module.router)
     errors.install(app)
+    app.mount(DOCS_STATIC, StaticFiles(directory=swagger_ui_dir(), check_dir=False), name="docs-static")
+
+    @app.get("/api/docs", include_in_schema=False)
+    async def docs() -> HTMLResponse:
+        """Swagger UI, every file of it from this server: sites often run without internet."""
+        return get_swagger_ui_html(openapi_url="/api/openapi.json", title=f"{app.title} — docs",
+                                   swagger_js_url=f"{DOCS_STATIC}/swagger-ui-bundle.js",
+                                   swagger_css_url=f"{DOCS_STATIC}/swagger-ui.css",
+                                   swagger_favicon_url=f"{DOCS_STATIC}/favicon-32x32.png",
+                                   # no badge from the online validator, whose image would come from the internet
+                                   swagger_ui_parameters={"validatorUrl": None})
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
@@ -58,16 +90,7 @@ def create_app(platform: Platform) -> FastAPI:
 
     @app.get("/health", response_class=HTMLResponse, include_in_schema=False)
     async def health_page() -> str:
-        h = platform.health()
-        rows = "".join(f"<tr><th>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
-                       for k, v in h.items() if k != "tasks")
-        tasks = "".join(f"<li>{html.escape(t['name'])}: every {t['every_s']:.0f}s, {t['runs']} runs"  # type: ignore[index]
-                        f"{' — ' + html.escape(str(t['last_error'])) if t['last_error'] else ''}</li>"  # type: ignore[index]
-                        for t in h["tasks"])  # type: ignore[attr-defined]
-        return (f"<!doctype html><html><head><meta charset='utf-8'><title>MeterTwin — {html.escape(str(h['name']))}"
-                "</title><meta http-equiv='refresh' content='5'></head><body style='font-family:sans-serif'>"
-                f"<h1>MeterTwin: {html.escape(str(h['name']))}</h1><table>{rows}</table>"
-                f"<h2>Periodic tasks</h2><ul>{tasks}</ul>"
-                "<p>API: <a href='/api/docs'>/api/docs</a></p></body></html>")
+        """The same as /api/health, laid out for a person (control/api/health_page.py)."""
+        return render_health(platform.health(), platform.world.tz)
 
     return app
