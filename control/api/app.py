@@ -5,7 +5,6 @@ from a package, so it works without internet) and a health page at
 from __future__ import annotations
 
 import logging
-from importlib.util import find_spec
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,16 +41,12 @@ DOCS_STATIC = "/api/docs-static"
 
 
 def swagger_ui_dir() -> Path:
-    """Swagger UI 5's files (swagger-ui-bundle.js, swagger-ui.css, favicon-32x32.png) as the
-    drf-spectacular-sidecar package ships them, found without importing it (its __init__
-    imports Django, which it requires but we never use). Missing files cost the docs page, never
-    the platform: a warning, and errors under /api/docs-static."""
-    spec = find_spec("drf_spectacular_sidecar")
-    package = Path(spec.submodule_search_locations[0]) if spec and spec.submodule_search_locations else Path("-")
-    found = package / "static" / "drf_spectacular_sidecar" / "swagger-ui-dist"
+    """Swagger UI 5's files (swagger-ui-bundle.js, swagger-ui.css, favicon-32x32.png), kept in
+    this package (static/swagger-ui/README.md says which version and how to update). Missing
+    files cost the docs page, never the platform: a warning, and errors under /api/docs-static."""
+    found = Path(__file__).parent / "static" / "swagger-ui"
     if not (found / "swagger-ui-bundle.js").is_file():
-        log.warning("no Swagger UI files at %s (pip install -e . installs drf-spectacular-sidecar): "
-                    "/api/docs will be blank", found)
+        log.warning("no Swagger UI files at %s: /api/docs will be blank", found)
     return found
 
 
