@@ -139,7 +139,11 @@ class LiveDetector:
             except Exception:  # logged; the anomaly alarms above stand
                 log.exception("theft detection failed on %d days of history", view.n_days)
             else:
+                whole = whole_days(view)
                 for day_scores in thefts.values():
+                    # a theft score weighs a whole day against the meter's past: the day still
+                    # going (a part of its total, a few readings that look flat) is not scored
+                    day_scores.scores[:, whole:] = np.nan
                     self.apply(view, day_scores, now)
         self.runs += 1
         self.seconds += time.perf_counter() - started
@@ -178,6 +182,18 @@ class LiveDetector:
         """Figures for the health page."""
         return {"runs": self.runs, "seconds": round(self.seconds, 3), "raised": self.raised, "cleared": self.cleared,
                 "scored_until": self.last_end}
+
+
+def whole_days(view: DetectView) -> int:
+    """How many of the view's days are whole: all of them, or all but the last when the
+    history ends before that day's local midnight (the day still going)."""
+    cal = view.calendar
+    if not cal.days:
+        return 0
+    tz = ZoneInfo(view.topology.timezone)
+    midnight = datetime.combine(cal.days[-1] + timedelta(days=1), clock(), tzinfo=tz).timestamp()
+    end = cal.start_utc + cal.n_intervals * cal.interval_s
+    return len(cal.days) if end >= midnight else len(cal.days) - 1
 
 
 def _sample(topology: Topology) -> Topology:

@@ -134,3 +134,24 @@ def test_the_live_detectors_compile_nothing_the_warm_up_did_not(platform):
     assert platform.detectors.runs > 0
     platform.history.flush()
     assert compiled() == before
+
+
+@pytest.mark.parametrize(("interval_s", "hours", "whole"),
+                         [(900, 72, 3), (900, 73, 3), (900, 71, 2), (3600, 30, 1), (86400, 72, 3)])
+def test_theft_scores_only_whole_days_live(interval_s: int, hours: int, whole: int):
+    """The live theft score leaves out the day still going (its partial total would read as
+    a fall, its few readings as a flat day): whole_days counts the days that reached their
+    local midnight; the anomaly rules keep scoring the day as it goes."""
+    import numpy as np
+
+    from control.detect_live import whole_days
+    from twin.detect import DetectView
+    from twin.history import Column, Topology
+    from twin.kernels.load import local_calendar
+
+    tz = "Asia/Shanghai"
+    start = int(datetime.fromisoformat("2026-03-02T00:00:00+08:00").timestamp())
+    n = hours * 3600 // interval_s
+    topology = Topology("S", tz, interval_s, [Column("B01-01-01.em", "electric_meter", "electric", "kWh", "B01", 1)])
+    view = DetectView(np.ones((1, n), dtype=np.float32), topology, local_calendar(start, n, interval_s, tz))
+    assert whole_days(view) == whole
