@@ -29,12 +29,13 @@ import math
 import sqlite3
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+
+from twin.transactions import immediate
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS accounts (
@@ -100,16 +101,8 @@ class Ledger:
         """Close the database."""
         self.db.close()
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:  # one transaction at a time on this connection, whichever thread asks
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                yield self.db
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-            self.db.execute("COMMIT")
+    def _write(self) -> AbstractContextManager[sqlite3.Connection]:
+        return immediate(self.db, self._lock)  # one transaction at a time, whichever thread asks
 
     # -- accounts -----------------------------------------------------------------------
 
