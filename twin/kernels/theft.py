@@ -165,12 +165,14 @@ _DaySums = tuple[float, float, float, float, float, float, float, float, float]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _day_sums_regular(row: np.ndarray, a: int, n_slots: int, cum: np.ndarray, prev_cum: np.ndarray,
+def _day_sums_regular(day: np.ndarray, n_slots: int, cum: np.ndarray, prev_cum: np.ndarray,
                       cnt: np.ndarray, prev_cnt: np.ndarray) -> _DaySums:
-    """The day sums over a regular day starting at interval a, branch-free (a missing
-    reading adds 0 with weight 0); cum and cnt become prev_cum and prev_cnt plus the day,
-    slot by slot."""
-    x = np.float64(row[a])
+    """The day sums over a regular day's readings (`day`: the row's slice of that day, so
+    its index is never negative and a load is a load: `row[a + i]` with an unknown `a`
+    carries numba's wraparound check, which turned the loads into gathers), branch-free (a
+    missing reading adds 0 with weight 0); cum and cnt become prev_cum and prev_cnt plus
+    the day, slot by slot."""
+    x = np.float64(day[0])
     ok0 = x == x
     c0 = x if ok0 else 0.0  # the reading before, carried (a first-order recurrence vectorises)
     o0 = 1.0 if ok0 else 0.0
@@ -183,7 +185,7 @@ def _day_sums_regular(row: np.ndarray, a: int, n_slots: int, cum: np.ndarray, pr
     cnt[0] = prev_cnt[0] + o0
     pn = zz = p0 = p1 = p01 = 0.0
     for i in range(1, n_slots):
-        x = np.float64(row[a + i])
+        x = np.float64(day[i])
         ok1 = x == x
         c1 = x if ok1 else 0.0
         o1 = 1.0 if ok1 else 0.0
@@ -237,12 +239,13 @@ _CorrSums = tuple[float, float, float, float, float, float]
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _profile_sums_regular(row: np.ndarray, a: int, n_slots: int, ref: np.ndarray) -> _CorrSums:
-    """(pairs, sum x, sum y, sum x^2, sum y^2, sum xy) of a regular day's readings x against
-    ref y, slot by slot, over the slots where both are known; branch-free."""
+def _profile_sums_regular(day: np.ndarray, n_slots: int, ref: np.ndarray) -> _CorrSums:
+    """(pairs, sum x, sum y, sum x^2, sum y^2, sum xy) of a regular day's readings x (the
+    row's slice of the day) against ref y, slot by slot, over the slots where both are
+    known; branch-free."""
     m = sx = sy = sxx = syy = sxy = 0.0
     for i in range(n_slots):
-        x = np.float64(row[a + i])
+        x = np.float64(day[i])
         y = ref[i]
         okx = x == x
         oky = y == y
@@ -309,7 +312,7 @@ def meter_day_features(
                 a = day_bounds[d]
                 b = day_bounds[d + 1]
                 if regular[d]:
-                    n, nz, s1, s2, pn, zz, p0, p1, p01 = _day_sums_regular(row, a, n_slots, prof[d + 1], prof[d],
+                    n, nz, s1, s2, pn, zz, p0, p1, p01 = _day_sums_regular(row[a:b], n_slots, prof[d + 1], prof[d],
                                                                            seen[d + 1], seen[d])
                 else:
                     n, nz, s1, s2, pn, zz, p0, p1, p01 = _day_sums_any(row, a, b, slot, prof[d + 1], prof[d],
@@ -349,7 +352,7 @@ def meter_day_features(
                     cc = sh[k] - sl[k]
                     ref[k] = (ph[k] - pl[k]) / cc if cc > 0.0 else np.nan
                 if regular[d]:
-                    m, sx, sy, sxx, syy, sxy = _profile_sums_regular(row, day_bounds[d], n_slots, ref)
+                    m, sx, sy, sxx, syy, sxy = _profile_sums_regular(row[day_bounds[d]:day_bounds[d + 1]], n_slots, ref)
                 else:
                     m, sx, sy, sxx, syy, sxy = _profile_sums_any(row, day_bounds[d], day_bounds[d + 1], slot, ref)
                 if m >= 3.0:
@@ -616,10 +619,13 @@ def _robust_ref(buf: np.ndarray, n: int, floor: float) -> tuple[float, float]:
 @njit(cache=True, nogil=True)
 def _z_block(values: np.ndarray, j: int, a: int, b: int, med: float, scale: float, out: np.ndarray,
              median_out: np.ndarray) -> None:
-    for d in range(a, b):
-        x = values[j, d]
-        median_out[j, d] = med if x == x else np.nan
-        out[j, d] = (x - med) / scale if x == x else np.nan
+    xs = values[j, a:b]  # slices: indices provably >= 0, so no wraparound check (which makes gathers)
+    o = out[j, a:b]
+    mo = median_out[j, a:b]
+    for i in range(b - a):
+        x = xs[i]
+        mo[i] = med if x == x else np.nan
+        o[i] = (x - med) / scale if x == x else np.nan
 
 
 @njit(cache=True, nogil=True, parallel=True)

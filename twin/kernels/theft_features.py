@@ -337,8 +337,9 @@ def row_day_totals(
         row = matrix[rows[i]]
         for d in range(n_days):
             s = np.float32(0.0)  # a day's readings in float32: relative error ~1e-6, and it vectorises
-            for t in range(day_bounds[d], day_bounds[d + 1]):
-                s += row[t]  # NaN propagates: a partial day is no total
+            day = row[day_bounds[d]:day_bounds[d + 1]]  # a slice: no wraparound check, so loads, not gathers
+            for t in range(day.shape[0]):
+                s += day[t]  # NaN propagates: a partial day is no total
             out[i, d] = s
 
 
