@@ -73,7 +73,7 @@ import numpy as np
 from twin.detect import DayScores, DetectView
 from twin.history import Topology
 from twin.kernels import anomaly as k
-from twin.kernels.load import DAILY
+from twin.kernels.load import DAILY, Calendar
 
 KINDS = ("offline", "stuck", "backwards", "jump", "level_shift", "leak", "valve_stuck_open", "elevator_drift",
          "off_schedule")
@@ -184,22 +184,6 @@ def _merged_ptr(spans: _Spans, n_cols: int) -> tuple[np.ndarray, np.ndarray, np.
     return ptr, np.array(lo_out, dtype=np.int64), np.array(hi_out, dtype=np.int64)
 
 
-def _group_median(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
-    """Median over each group's rows, per day: [groups, days] (NaN where none)."""
-    order = np.argsort(groups, kind="stable").astype(np.int64)
-    cuts = np.searchsorted(groups[order], np.arange(n_groups + 1)).astype(np.int64)
-    out = np.empty((n_groups, values.shape[1]), dtype=np.float64)
-    k.group_day_median(np.ascontiguousarray(values, dtype=np.float64), order, cuts, out)
-    return out
-
-
-def _row_quantile(values: np.ndarray, q: float) -> np.ndarray:
-    """Each row's quantile over its finite values (numpy.nanquantile's), NaN where none."""
-    out = np.empty(values.shape[0], dtype=np.float64)
-    k.row_quantile(np.ascontiguousarray(values, dtype=np.float64), q, out)
-    return out
-
-
 def _nan_scores(n_cols: int, n_days: int) -> np.ndarray:
     return np.full((n_cols, n_days), np.nan, dtype=np.float32)
 
@@ -219,9 +203,6 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     daily = cal.interval_s >= DAILY
     tz = ZoneInfo(cal.timezone)
     index = column_index(view.topology)
-    kind_of, is_sub = index.kind, index.sub
-    electric = (kind_of == "electric_meter") & is_sub
-    water = (kind_of == "water_meter") & is_sub
 
     # one pass over the matrix
     valve_cuts = _spans(view, ("valve",), "closed", "open", 0.0)
@@ -231,112 +212,96 @@ def anomaly_scores(view: DetectView, params: AnomalyParams | None = None) -> dic
     order = np.lexsort((merged.lo, merged.col))
     merged = _Spans(merged.col[order], merged.lo[order], merged.hi[order], merged.closed_at, [])
     ptr, span_lo, span_hi = _merged_ptr(merged, n_cols)
-    night = np.zeros(cal.n_slots, dtype=np.bool_)
-    if not daily:
-        slot_h = np.arange(cal.n_slots) * interval_h
-        night[:] = (slot_h >= p.night_start_h) & (slot_h + interval_h <= p.night_end_h)
-    missing = np.zeros((n_cols, n_days), dtype=np.int32)
-    silent = np.zeros((n_cols, n_days), dtype=np.int32)
-    zero_run = np.zeros((n_cols, n_days), dtype=np.int32)
-    negative = np.zeros((n_cols, n_days), dtype=np.float32)
-    rate_max = np.zeros((n_cols, n_days), dtype=np.float32)
-    total = np.zeros((n_cols, n_days), dtype=np.float64)
-    night_min = np.zeros((n_cols, n_days), dtype=np.float32)
-    night_n = np.zeros((n_cols, n_days), dtype=np.int32)
+    shape = (n_cols, n_days)
+    missing = np.empty(shape, dtype=np.int32)
+    silent = np.empty(shape, dtype=np.int32)
+    zero_run = np.empty(shape, dtype=np.int32)
+    negative = np.empty(shape, dtype=np.float32)
+    rate_max = np.empty(shape, dtype=np.float32)
+    total = np.empty(shape, dtype=np.float64)
+    night_min = np.empty(shape, dtype=np.float32)
+    night_n = np.empty(shape, dtype=np.int32)
     if n_cols and n_days:
-        night_of = night[cal.slot]
-        night_idx = np.flatnonzero(night_of).astype(np.int64)
-        night_ptr = np.searchsorted(night_idx, cal.day_bounds).astype(np.int64)
-        k.day_features(matrix, cal.day_bounds, night_of, night_ptr, night_idx, water, ptr, span_lo, span_hi, missing,
-                       silent, zero_run, negative, rate_max, total, night_min, night_n)
-    present = np.diff(cal.day_bounds)[None, :] - missing  # readings per day
-    has_data = present > 0
-    out: dict[str, DayScores] = {}
+        night_of, night_ptr, night_idx = _night(cal, p, interval_h, daily)
+        k.day_features(matrix, cal.day_bounds, night_of, night_ptr, night_idx, index.water, ptr, span_lo, span_hi,
+                       missing, silent, zero_run, negative, rate_max, total, night_min, night_n)
 
-    # offline
-    silent_h = silent * interval_h
-    off = silent_h.astype(np.float32)
+    # the rules of a meter's own days
+    offline = np.empty(shape, dtype=np.float32)
+    back = np.empty(shape, dtype=np.float32)
+    jump = np.empty(shape, dtype=np.float32)
+    usual = np.empty(n_cols, dtype=np.float64)
+    leak = np.empty(shape, dtype=np.float32)
+    first_use = np.empty(n_cols, dtype=np.int64)
+    reach = np.empty(n_cols, dtype=np.bool_)
+    home = np.empty(shape, dtype=np.bool_)
+    clean_days = np.empty(shape, dtype=np.float64)
+    divisor = np.empty(n_cols, dtype=np.float64)
+    k.row_scores(cal.day_bounds, missing, silent, zero_run, negative, rate_max, total, night_min, night_n, index.meter,
+                 index.water, index.beside_water, ptr, span_lo, span_hi, interval_h, p.stuck_min_use,
+                 min(p.stuck_electric_h, p.stuck_water_h), p.stuck_electric_h, p.presence_days, p.presence_share,
+                 np.float32(p.backwards_min), np.float32(p.jump_ratio), p.jump_floor_per_h * interval_h,
+                 p.leak_min_readings, not daily, offline, back, jump, usual, leak, first_use, reach, home, clean_days,
+                 divisor)
+
+    # the rules that need the peers
+    stuck = np.empty(shape, dtype=np.float32)
+    peer_total = np.empty((index.n_groups, n_days), dtype=np.float64)
+    low = np.empty(shape, dtype=np.float32)
+    high = np.empty(shape, dtype=np.float32)
+    shift = np.empty(shape, dtype=np.float32)
+    needs_log = np.empty(shape, dtype=np.bool_)
+    k.group_scores(index.order, index.cuts, cal.day_bounds, missing, zero_run, total, clean_days, divisor, index.meter,
+                   index.water, index.electric_of, home, first_use, reach, interval_h,
+                   p.stuck_electric_h / p.stuck_water_alone_h, p.stuck_electric_h / p.stuck_water_h,
+                   p.shift_baseline_days, p.shift_sustain_days, p.shift_min_base, p.shift_min_days, stuck, peer_total,
+                   low, high, shift, needs_log)
+    at = np.flatnonzero(needs_log)
+    with np.errstate(all="ignore"):  # the same float32 log as numpy over the whole array, to the bit
+        shift.flat[at] = np.maximum(np.maximum(np.log(low.flat[at]), -np.log(high.flat[at])), 0.0)
+
+    group = index.group
     per_day = np.diff(cal.day_bounds)
-    out["offline"] = DayScores("offline", off, max(p.offline_min_h, interval_h),
-                               lambda c, d: f"no reading for {silent_h[c, d]:g} h ({missing[c, d]} of "
+    out: dict[str, DayScores] = {}
+    out["offline"] = DayScores("offline", offline, max(p.offline_min_h, interval_h),
+                               lambda c, d: f"no reading for {silent[c, d] * interval_h:g} h ({missing[c, d]} of "
                                             f"{int(per_day[d])} readings of the day missing)")
-
-    # stuck
-    groups, n_groups = index.group, index.n_groups
-    # in use from the first day a total reached stuck_min_use (a running max along days, without one)
-    reached = np.where(has_data, total, 0.0) >= p.stuck_min_use
-    first_use = np.where(reached.any(axis=1), reached.argmax(axis=1), n_days)
-    used = np.arange(n_days)[None, :] >= first_use[:, None]
-    zero_h = zero_run * interval_h
-    stuck = _nan_scores(n_cols, n_days)
-    meters = electric | water
-    # the peers' median day is needed only where a meter's zeros reach an alarm: elsewhere it
-    # is taken as consuming (np.inf), which leaves a score below the threshold as it is
-    peer_total = np.full((n_cols, n_days), np.inf)
-    reach = meters & (zero_h >= min(p.stuck_electric_h, p.stuck_water_h)).any(axis=1)
-    if reach.any():
-        needed = np.isin(groups, np.unique(groups[reach]))
-        sub_groups = np.unique(groups[needed], return_inverse=True)[1].astype(np.int64)
-        sub = _group_median(np.where(has_data[needed], total[needed], np.nan), sub_groups, int(sub_groups.max()) + 1)
-        peer_total[needed] = sub[sub_groups]
-    ok = meters[:, None] & used & (peer_total > 0)
-    stuck[ok] = zero_h[ok]
-    home, elec_of = _presence(view, total, has_data & (zero_h < p.stuck_electric_h) & (missing == 0), p)
-    water_alone = water & (elec_of < 0)
-    stuck_threshold = p.stuck_electric_h
-    # one threshold per DayScores: rescale water scores so the same threshold applies
-    w_scale = np.where(water_alone, p.stuck_electric_h / p.stuck_water_alone_h,
-                       p.stuck_electric_h / p.stuck_water_h)
-    stuck[water] = (stuck[water] * w_scale[water, None]).astype(np.float32)
-    with_room = water & (elec_of >= 0)
-    if with_room.any():
-        at_home = home[elec_of[with_room]]
-        rows = np.flatnonzero(with_room)
-        block = stuck[rows]
-        block[~at_home & np.isfinite(block)] = 0.0
-        stuck[rows] = block
-    out["stuck"] = DayScores("stuck", stuck, stuck_threshold,
-                             lambda c, d: f"reads 0 for {zero_h[c, d]:g} h while its building's "
-                                          f"{cols[c].kind.replace('_', ' ')}s used a median {peer_total[c, d]:.3g} "
-                                          f"{cols[c].unit} that day")
-
-    # backwards
-    back = np.where(has_data, negative, np.nan).astype(np.float32)
+    out["stuck"] = DayScores("stuck", stuck, p.stuck_electric_h,  # water scores rescaled to the electric threshold
+                             lambda c, d: f"reads 0 for {zero_run[c, d] * interval_h:g} h while its building's "
+                                          f"{cols[c].kind.replace('_', ' ')}s used a median "
+                                          f"{peer_total[group[c], d]:.3g} {cols[c].unit} that day")
     out["backwards"] = DayScores("backwards", back, p.backwards_min,
                                  lambda c, d: f"register ran back {negative[c, d]:.3g} {cols[c].unit} in the day")
-
-    # jump
-    usual = _row_quantile(rate_max, 0.5)
-    usual = np.maximum(np.nan_to_num(usual, nan=0.0), p.jump_floor_per_h * interval_h)
-    jump = (rate_max / usual[:, None]).astype(np.float32)
     out["jump"] = DayScores("jump", jump, p.jump_ratio,
                             lambda c, d: f"a reading of {rate_max[c, d]:.4g} {cols[c].unit} against a usual daily "
                                          f"largest of {usual[c]:.3g}")
 
-    # level shift
-    cut_days = np.zeros((n_cols, n_days), dtype=np.bool_)
-    first_day = np.searchsorted(cal.day_bounds, merged.lo, side="right") - 1
-    last_day = np.searchsorted(cal.day_bounds, merged.hi - 1, side="right") - 1
-    for c, d0, d1 in zip(merged.col.tolist(), first_day.tolist(), last_day.tolist(), strict=True):
-        cut_days[c, d0:d1 + 1] = True
-    # days another rule explains (supply cut, stuck, backwards, jump) neither judge nor teach
-    explained = cut_days | (zero_h >= p.stuck_electric_h) | (negative >= p.backwards_min) | (jump >= p.jump_ratio)
-    out["level_shift"] = _level_shift(view, np.where(explained, np.nan, total), missing, groups, n_groups, p)
+    def shift_evidence(c: int, d: int) -> str:
+        up = low[c, d] > 1
+        ratio = low[c, d] if up else high[c, d]
+        return (f"{'up' if up else 'down'} to {ratio:.2f} x its usual day for {p.shift_sustain_days} days "
+                f"(peers' day effect removed)")
 
-    # leak
-    leak = _nan_scores(n_cols, n_days)
-    if not daily:
-        lph = night_min * 1000.0 / interval_h
-        ok = water[:, None] & (night_n >= p.leak_min_readings)
-        leak[ok] = lph[ok]
+    out["level_shift"] = DayScores("level_shift", shift, math.log(p.shift_ratio), shift_evidence)
     out["leak"] = DayScores("leak", leak, p.leak_lph,
                             lambda c, d: f"water never stopped at night: at least {leak[c, d]:.1f} l/h every "
                                          f"interval from {p.night_start_h:02g}:00 to {p.night_end_h:02g}:00")
-
     out["valve_stuck_open"] = _valve(view, matrix, valve_cuts, p, tz)
-    out["elevator_drift"] = _drift(view, matrix, kind_of, p, daily)
-    out["off_schedule"] = _off_schedule(view, matrix, kind_of, is_sub, p, daily)
+    out["elevator_drift"] = _drift(view, matrix, index.lifts, p, daily)
+    out["off_schedule"] = _off_schedule(view, matrix, index.circuits, p, daily)
     return out
+
+
+def _night(cal: Calendar, p: AnomalyParams, interval_h: float,
+           daily: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """day_features' night window: per interval, and each day's night intervals (CSR)."""
+    night = np.zeros(cal.n_slots, dtype=np.bool_)
+    if not daily:
+        slot_h = np.arange(cal.n_slots) * interval_h
+        night[:] = (slot_h >= p.night_start_h) & (slot_h + interval_h <= p.night_end_h)
+    night_of = night[cal.slot]
+    night_idx = np.flatnonzero(night_of).astype(np.int64)
+    return night_of, np.searchsorted(night_idx, cal.day_bounds).astype(np.int64), night_idx
 
 
 @dataclass(frozen=True)
@@ -348,6 +313,13 @@ class ColumnIndex:
     group: np.ndarray  #: int64 [columns]: peer group (building and kind)
     n_groups: int  #: number of peer groups
     electric_of: np.ndarray  #: int64 [columns]: a water meter's room's electric meter, else -1
+    water: np.ndarray  #: bool [columns]: water sub-meter
+    meter: np.ndarray  #: bool [columns]: electric or water sub-meter (stuck, level_shift)
+    beside_water: np.ndarray  #: bool [columns]: some water meter's room's electric meter (presence)
+    order: np.ndarray  #: int64 [columns]: columns sorted by group
+    cuts: np.ndarray  #: int64 [groups + 1]: group g is order[cuts[g]:cuts[g + 1]]
+    lifts: np.ndarray  #: int64: the elevators' columns
+    circuits: np.ndarray  #: int64: the shared circuits' columns
 
 
 _INDEX: dict[int, tuple[Topology, ColumnIndex]] = {}
@@ -368,58 +340,20 @@ def column_index(topology: Topology) -> ColumnIndex:
             electric_of_room.setdefault(c.room, i)
     electric_of = np.array([electric_of_room.get(c.room, -1) if c.kind == "water_meter" and c.room else -1
                             for c in cols], dtype=np.int64)
-    index = ColumnIndex(np.array([c.kind for c in cols], dtype="<U16"),
-                        np.array([c.role == "sub" for c in cols], dtype=np.bool_), group, len(keys), electric_of)
+    kind = np.array([c.kind for c in cols], dtype="<U16")
+    sub = np.array([c.role == "sub" for c in cols], dtype=np.bool_)
+    water = (kind == "water_meter") & sub
+    beside_water = np.zeros(len(cols), dtype=np.bool_)
+    beside_water[electric_of[electric_of >= 0]] = True
+    order = np.argsort(group, kind="stable").astype(np.int64)
+    cuts = np.searchsorted(group[order], np.arange(len(keys) + 1)).astype(np.int64)
+    index = ColumnIndex(kind, sub, group, len(keys), electric_of, water, ((kind == "electric_meter") & sub) | water,
+                        beside_water, order, cuts, np.flatnonzero(kind == "elevator").astype(np.int64),
+                        np.flatnonzero(kind == "shared_circuit").astype(np.int64))
     if len(_INDEX) >= 8:
         _INDEX.clear()
     _INDEX[id(topology)] = (topology, index)
     return index
-
-
-def _presence(view: DetectView, total: np.ndarray, clean: np.ndarray,
-              p: AnomalyParams) -> tuple[np.ndarray, np.ndarray]:
-    """bool [columns, days]: an electric meter's day total is at least presence_share of its
-    usual day (the upper quartile of its `clean` days: read in full, not stuck; with
-    presence_days of them at least) and the day is clean (the household is at home); and,
-    per column, the electric meter of its room (-1)."""
-    elec_of = column_index(view.topology).electric_of
-    rows = np.unique(elec_of[elec_of >= 0])  # only the electric meters beside a water meter
-    home = np.zeros(total.shape, dtype=np.bool_)
-    if rows.size:
-        usual = _row_quantile(np.where(clean[rows], total[rows], np.nan), 0.75)
-        usual[clean[rows].sum(axis=1) < p.presence_days] = np.inf  # too short a record to tell
-        home[rows] = clean[rows] & (total[rows] >= p.presence_share * np.nan_to_num(usual, nan=np.inf)[:, None])
-    return home, elec_of
-
-
-def _level_shift(view: DetectView, total: np.ndarray, missing: np.ndarray, groups: np.ndarray, n_groups: int,
-                 p: AnomalyParams) -> DayScores:
-    n_cols, n_days = total.shape
-    days = np.where(missing == 0, total, np.nan)
-    own = _row_quantile(days, 0.5)
-    with np.errstate(all="ignore"):
-        norm = days / np.where(own > 0, own, np.nan)[:, None]
-    peer = _group_median(norm, groups, n_groups)[groups] if n_cols else norm
-    peer = np.where(np.isfinite(peer) & (peer > 0), peer, 1.0)
-    adjusted = days / peer
-    low = np.full((n_cols, n_days), np.nan, dtype=np.float32)
-    high = np.full((n_cols, n_days), np.nan, dtype=np.float32)
-    if n_cols and n_days:
-        k.shift_ratios(adjusted, p.shift_baseline_days, p.shift_sustain_days, p.shift_min_base, p.shift_min_days,
-                       low, high)
-    with np.errstate(all="ignore"):
-        score = np.maximum(np.maximum(np.log(low), -np.log(high)), 0.0).astype(np.float32)
-    index = column_index(view.topology)
-    kinds = ((index.kind == "electric_meter") | (index.kind == "water_meter")) & index.sub
-    score[~kinds] = np.nan
-
-    def evidence(c: int, d: int) -> str:
-        up = low[c, d] > 1
-        ratio = low[c, d] if up else high[c, d]
-        return (f"{'up' if up else 'down'} to {ratio:.2f} x its usual day for {p.shift_sustain_days} days "
-                f"(peers' day effect removed)")
-
-    return DayScores("level_shift", score, math.log(p.shift_ratio), evidence)
 
 
 def _valve(view: DetectView, matrix: np.ndarray, closed: _Spans, p: AnomalyParams, tz: ZoneInfo) -> DayScores:
@@ -449,10 +383,9 @@ def _valve(view: DetectView, matrix: np.ndarray, closed: _Spans, p: AnomalyParam
     return DayScores("valve_stuck_open", scores, p.valve_litres, evidence)
 
 
-def _drift(view: DetectView, matrix: np.ndarray, kind_of: np.ndarray, p: AnomalyParams, daily: bool) -> DayScores:
+def _drift(view: DetectView, matrix: np.ndarray, lifts: np.ndarray, p: AnomalyParams, daily: bool) -> DayScores:
     n_cols, n_days = matrix.shape[0], len(view.calendar.days)
     scores = _nan_scores(n_cols, n_days)
-    lifts = np.flatnonzero(kind_of == "elevator").astype(np.int64)
     if daily or lifts.size == 0 or n_days == 0:
         return DayScores("elevator_drift", scores, p.drift_share)
     floor = np.zeros((lifts.size, n_days), dtype=np.float32)
@@ -473,12 +406,11 @@ def _drift(view: DetectView, matrix: np.ndarray, kind_of: np.ndarray, p: Anomaly
     return DayScores("elevator_drift", scores, p.drift_share, evidence)
 
 
-def _off_schedule(view: DetectView, matrix: np.ndarray, kind_of: np.ndarray, is_sub: np.ndarray, p: AnomalyParams,
+def _off_schedule(view: DetectView, matrix: np.ndarray, circuits: np.ndarray, p: AnomalyParams,
                   daily: bool) -> DayScores:
     cal = view.calendar
     n_cols, n_days = matrix.shape[0], len(cal.days)
     scores = _nan_scores(n_cols, n_days)
-    circuits = np.flatnonzero(kind_of == "shared_circuit").astype(np.int64)
     if daily or circuits.size == 0 or n_days == 0:
         return DayScores("off_schedule", scores, p.off_schedule_h)
     hours = np.zeros((circuits.size, n_days), dtype=np.float32)

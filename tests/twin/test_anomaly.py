@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from control.simulate import simulate
+from twin import anomaly
 from twin.anomaly import KINDS, SUB_DAILY_KINDS, AnomalyParams, anomaly_scores
 from twin.detect import (
     DayScores,
@@ -290,6 +291,218 @@ def test_register_days_matches_a_register():
     assert np.isnan(out[0, 1]) and out[0, 2] == pytest.approx(np.nansum(m[0, 24:72].astype(np.float64)))
 
 
+# -- the rules' kernels against the numpy code they replaced ----------------------------------
+
+
+def _row_quantile(values, q):
+    out = np.empty(values.shape[0], dtype=np.float64)
+    k.row_quantile(np.ascontiguousarray(values, dtype=np.float64), q, out)
+    return out
+
+
+def _group_median(values, groups, n_groups):
+    order = np.argsort(groups, kind="stable").astype(np.int64)
+    cuts = np.searchsorted(groups[order], np.arange(n_groups + 1)).astype(np.int64)
+    out = np.empty((n_groups, values.shape[1]), dtype=np.float64)
+    k.group_day_median(np.ascontiguousarray(values, dtype=np.float64), order, cuts, out)
+    return out
+
+
+def _numpy_rules(view, p):
+    """offline, stuck, backwards, jump, level_shift and leak as twin/anomaly.py computed them
+    in numpy over [columns, days] before row_scores and group_scores: {kind: (scores,
+    evidence)}."""
+    cal = view.calendar
+    matrix = np.ascontiguousarray(view.matrix, dtype=np.float32)
+    n_cols, n_days = matrix.shape[0], len(cal.days)
+    cols = view.topology.columns
+    interval_h = cal.interval_s / 3600.0
+    daily = cal.interval_s >= 86400
+    index = anomaly.column_index(view.topology)
+    kind_of, is_sub = index.kind, index.sub
+    electric = (kind_of == "electric_meter") & is_sub
+    water = (kind_of == "water_meter") & is_sub
+    valve_cuts = anomaly._spans(view, ("valve",), "closed", "open", 0.0)
+    relay_cuts = anomaly._spans(view, ("relay",), "open", "closed", 0.0)
+    col = np.concatenate([relay_cuts.col, valve_cuts.col])
+    lo = np.concatenate([relay_cuts.lo, valve_cuts.lo])
+    hi = np.concatenate([relay_cuts.hi, valve_cuts.hi])
+    order = np.lexsort((lo, col))
+    merged = anomaly._Spans(col[order], lo[order], hi[order], np.zeros(0, dtype=np.int64), [])
+    ptr, span_lo, span_hi = anomaly._merged_ptr(merged, n_cols)
+    night = np.zeros(cal.n_slots, dtype=np.bool_)
+    if not daily:
+        slot_h = np.arange(cal.n_slots) * interval_h
+        night[:] = (slot_h >= p.night_start_h) & (slot_h + interval_h <= p.night_end_h)
+    shape = (n_cols, n_days)
+    missing, silent, zero_run = (np.zeros(shape, dtype=np.int32) for _ in range(3))
+    negative, rate_max = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.float32)
+    total = np.zeros(shape, dtype=np.float64)
+    night_min, night_n = np.zeros(shape, dtype=np.float32), np.zeros(shape, dtype=np.int32)
+    night_of = night[cal.slot]
+    night_idx = np.flatnonzero(night_of).astype(np.int64)
+    night_ptr = np.searchsorted(night_idx, cal.day_bounds).astype(np.int64)
+    k.day_features(matrix, cal.day_bounds, night_of, night_ptr, night_idx, water, ptr, span_lo, span_hi, missing,
+                   silent, zero_run, negative, rate_max, total, night_min, night_n)
+    has_data = (np.diff(cal.day_bounds)[None, :] - missing) > 0
+    out = {}
+    silent_h = silent * interval_h
+    per_day = np.diff(cal.day_bounds)
+    out["offline"] = (silent_h.astype(np.float32), lambda c, d: f"no reading for {silent_h[c, d]:g} h ({missing[c, d]} "
+                      f"of {int(per_day[d])} readings of the day missing)")
+    groups, n_groups = index.group, index.n_groups
+    reached = np.where(has_data, total, 0.0) >= p.stuck_min_use
+    first_use = np.where(reached.any(axis=1), reached.argmax(axis=1), n_days)
+    used = np.arange(n_days)[None, :] >= first_use[:, None]
+    zero_h = zero_run * interval_h
+    stuck = np.full(shape, np.nan, dtype=np.float32)
+    meters = electric | water
+    peer_total = np.full(shape, np.inf)
+    reach = meters & (zero_h >= min(p.stuck_electric_h, p.stuck_water_h)).any(axis=1)
+    if reach.any():
+        needed = np.isin(groups, np.unique(groups[reach]))
+        sub_groups = np.unique(groups[needed], return_inverse=True)[1].astype(np.int64)
+        sub = _group_median(np.where(has_data[needed], total[needed], np.nan), sub_groups, int(sub_groups.max()) + 1)
+        peer_total[needed] = sub[sub_groups]
+    ok = meters[:, None] & used & (peer_total > 0)
+    stuck[ok] = zero_h[ok]
+    elec_of = index.electric_of
+    rows = np.unique(elec_of[elec_of >= 0])
+    home = np.zeros(shape, dtype=np.bool_)
+    clean = has_data & (zero_h < p.stuck_electric_h) & (missing == 0)
+    if rows.size:
+        usual_day = _row_quantile(np.where(clean[rows], total[rows], np.nan), 0.75)
+        usual_day[clean[rows].sum(axis=1) < p.presence_days] = np.inf
+        home[rows] = clean[rows] & (total[rows] >= p.presence_share * np.nan_to_num(usual_day, nan=np.inf)[:, None])
+    water_alone = water & (elec_of < 0)
+    w_scale = np.where(water_alone, p.stuck_electric_h / p.stuck_water_alone_h, p.stuck_electric_h / p.stuck_water_h)
+    stuck[water] = (stuck[water] * w_scale[water, None]).astype(np.float32)
+    with_room = water & (elec_of >= 0)
+    if with_room.any():
+        at_home = home[elec_of[with_room]]
+        rows = np.flatnonzero(with_room)
+        block = stuck[rows]
+        block[~at_home & np.isfinite(block)] = 0.0
+        stuck[rows] = block
+    out["stuck"] = (stuck, lambda c, d: f"reads 0 for {zero_h[c, d]:g} h while its building's "
+                    f"{cols[c].kind.replace('_', ' ')}s used a median {peer_total[c, d]:.3g} {cols[c].unit} that day")
+    out["backwards"] = (np.where(has_data, negative, np.nan).astype(np.float32),
+                        lambda c, d: f"register ran back {negative[c, d]:.3g} {cols[c].unit} in the day")
+    usual = _row_quantile(rate_max, 0.5)
+    usual = np.maximum(np.nan_to_num(usual, nan=0.0), p.jump_floor_per_h * interval_h)
+    with np.errstate(all="ignore"):
+        jump = (rate_max / usual[:, None]).astype(np.float32)
+    out["jump"] = (jump, lambda c, d: f"a reading of {rate_max[c, d]:.4g} {cols[c].unit} against a usual daily "
+                   f"largest of {usual[c]:.3g}")
+    cut_days = np.zeros(shape, dtype=np.bool_)
+    first_day = np.searchsorted(cal.day_bounds, merged.lo, side="right") - 1
+    last_day = np.searchsorted(cal.day_bounds, merged.hi - 1, side="right") - 1
+    for c, d0, d1 in zip(merged.col.tolist(), first_day.tolist(), last_day.tolist(), strict=True):
+        cut_days[c, d0:d1 + 1] = True
+    explained = cut_days | (zero_h >= p.stuck_electric_h) | (negative >= p.backwards_min) | (jump >= p.jump_ratio)
+    days = np.where(missing == 0, np.where(explained, np.nan, total), np.nan)
+    own = _row_quantile(days, 0.5)
+    with np.errstate(all="ignore"):
+        norm = days / np.where(own > 0, own, np.nan)[:, None]
+    peer = _group_median(norm, groups, n_groups)[groups] if n_cols else norm
+    peer = np.where(np.isfinite(peer) & (peer > 0), peer, 1.0)
+    low, high = np.full(shape, np.nan, dtype=np.float32), np.full(shape, np.nan, dtype=np.float32)
+    if n_cols and n_days:
+        k.shift_ratios(days / peer, p.shift_baseline_days, p.shift_sustain_days, p.shift_min_base, p.shift_min_days,
+                       low, high)
+    with np.errstate(all="ignore"):
+        score = np.maximum(np.maximum(np.log(low), -np.log(high)), 0.0).astype(np.float32)
+    score[~meters] = np.nan
+
+    def shift_evidence(c, d):
+        up = low[c, d] > 1
+        return (f"{'up' if up else 'down'} to {low[c, d] if up else high[c, d]:.2f} x its usual day for "
+                f"{p.shift_sustain_days} days (peers' day effect removed)")
+
+    out["level_shift"] = (score, shift_evidence)
+    leak = np.full(shape, np.nan, dtype=np.float32)
+    if not daily:
+        lph = night_min * 1000.0 / interval_h
+        ok = water[:, None] & (night_n >= p.leak_min_readings)
+        leak[ok] = lph[ok]
+    out["leak"] = (leak, lambda c, d: f"water never stopped at night: at least {leak[c, d]:.1f} l/h every interval "
+                   f"from {p.night_start_h:02g}:00 to {p.night_end_h:02g}:00")
+    return out
+
+
+def _assert_same_as_numpy(view, p):
+    got = anomaly_scores(view, p)
+    for name, (scores, evidence) in _numpy_rules(view, p).items():
+        s = got[name].scores
+        assert s.dtype == np.float32 and s.shape == scores.shape, name
+        assert np.array_equal(s.view(np.uint32), scores.view(np.uint32)), (name, np.argwhere(
+            s.view(np.uint32) != scores.view(np.uint32))[:5])
+        cells = np.argwhere(np.isfinite(scores))
+        for c, d in cells[np.random.default_rng(0).permutation(len(cells))[:400]]:
+            assert got[name].explain(int(c), int(d)) == evidence(int(c), int(d)), (name, c, d)
+
+
+def _edge_view():
+    """Three buildings of electric and water meters (some rooms without the other kind),
+    masters, days cut by relays and valves, stuck runs, negatives, jumps, a shift, gaps,
+    a meter that never reads and one that reads only NaN or zeros: the rules' corners."""
+    rng = np.random.default_rng(12)
+    columns, per_day, n_days = [], 48, 12
+    for b in "XYZ":
+        columns.append(Column(f"{b}.mm", "electric_meter", "electric", "kWh", b, role="master"))
+        for i in range(8):
+            if i != 6:
+                columns.append(Column(f"{b}{i}.em", "electric_meter", "electric", "kWh", b, room=f"{b}{i}",
+                                      master=f"{b}.mm"))
+            if i != 7:
+                columns.append(Column(f"{b}{i}.wm", "water_meter", "water", "m3", b, room=f"{b}{i}"))
+    topo = Topology("EDGE", "Asia/Shanghai", 1800, columns)
+    n = per_day * n_days
+    m = rng.gamma(0.8, 0.1, size=(len(columns), n)).astype(np.float32)
+    water = np.array([c.kind == "water_meter" for c in columns])
+    m[water] *= rng.random((int(water.sum()), n)) < 0.3
+    for c in range(len(columns)):
+        kind = c % 6
+        a = int(rng.integers(0, n - 60))
+        if kind == 0:
+            m[c, a:a + int(rng.integers(20, 60))] = 0.0  # zeros for hours, across midnight maybe
+        elif kind == 1:
+            m[c, a:a + int(rng.integers(1, 30))] = np.nan
+        elif kind == 2:
+            m[c, a] = -0.3
+        elif kind == 3:
+            m[c, a] += 40.0
+        elif kind == 4:
+            m[c, a:] *= 5.0  # a sustained rise
+    m[5] = np.nan  # never read
+    m[6] = 0.0  # never used
+    m[9, : per_day * 3] = 0.0
+    start = int(datetime(2026, 7, 1, tzinfo=ZoneInfo("Asia/Shanghai")).timestamp())
+    from twin.detect import Event
+    from twin.kernels.load import local_calendar
+    cal = local_calendar(start, n, 1800, "Asia/Shanghai")
+    events = []
+    for c in (2, 3, 11, 20, 30):
+        kind, off, on = (("valve", "closed", "open") if columns[c].kind == "water_meter" else
+                         ("relay", "open", "closed"))
+        t = start + int(rng.integers(0, n - 100)) * 1800
+        events += [Event(t, columns[c].id, kind, off, c), Event(t + 40000, columns[c].id, kind, on, c)]
+    events.sort(key=lambda e: e.t_utc)
+    return DetectView(m, topo, cal, events)
+
+
+@pytest.mark.parametrize("params", [AnomalyParams(), AnomalyParams(stuck_min_use=0.0, presence_days=0,
+                                                                   jump_floor_per_h=0.0, stuck_electric_h=4.0,
+                                                                   stuck_water_h=3.0, backwards_min=0.2999,
+                                                                   shift_min_days=2, shift_ratio=1.5),
+                                    AnomalyParams(presence_share=0.0, jump_ratio=3.3, shift_baseline_days=3,
+                                                  shift_sustain_days=1, leak_min_readings=0)])
+def test_rule_kernels_match_the_numpy_rules(params):
+    """row_scores and group_scores give the scores the numpy code gave, to the bit, with the
+    same evidence, on a history full of corners and with parameters moved."""
+    _assert_same_as_numpy(_edge_view(), params)
+
+
 # -- on a simulated history ------------------------------------------------------------------
 
 
@@ -389,6 +602,17 @@ def test_scores_apply_only_to_their_twin_kinds(simulated):
             assert line and not re.search(r"\bnan\b", line.lower()), (name, line)
 
 
+@pytest.mark.parametrize("interval", ["15min", "hourly", "daily"])
+def test_rule_kernels_match_the_numpy_rules_on_a_simulated_history(simulated, interval):
+    """The same, to the bit, on the simulated history at each resolution."""
+    view, _ = simulated
+    if interval == "hourly":
+        view = downsample(view, 3600)
+    elif interval == "daily":
+        view = downsample_daily(view)
+    _assert_same_as_numpy(view, AnomalyParams())
+
+
 # -- on a hand-made history -------------------------------------------------------------------
 
 BERLIN = ZoneInfo("Europe/Berlin")
@@ -481,6 +705,7 @@ def test_hand_made_history(tmp_path):
             first = int(np.flatnonzero(flagged[view.topology.index_of(twin)])[0])
             assert day <= first <= day + 1, (name, twin, first, day)
     assert "R5.vl" in scores["valve_stuck_open"].explain(view.topology.index_of("R5.wm"), 6)
+    _assert_same_as_numpy(view, AnomalyParams())
 
 
 def test_parameters_change_the_verdict(tmp_path):

@@ -459,6 +459,58 @@ def drift_ratios(
                 n += 1
 
 
+@njit(cache=True, nogil=True)
+def _shift_row(adjusted: np.ndarray, baseline_days: int, sustain_days: int, min_base: float, min_days: int,
+               window: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
+    """shift_ratios of one twin: `adjusted` [days] in, `low` and `high` [days] out, `window`
+    scratch of at least max(baseline_days, 1) values."""
+    n_days = adjusted.shape[0]
+    n = 0
+    for d in range(n_days):
+        first = d - sustain_days + 1
+        low[d] = np.nan
+        high[d] = np.nan
+        if first - 1 < 0:
+            continue
+        # slide the window to days [first - baseline_days, first): one day in, one out
+        v = adjusted[first - 1]
+        if v == v and baseline_days > 0:
+            i = n
+            while i > 0 and window[i - 1] > v:
+                window[i] = window[i - 1]
+                i -= 1
+            window[i] = v
+            n += 1
+        gone = first - 1 - baseline_days
+        if gone >= 0:
+            v = adjusted[gone]
+            if v == v:
+                i = 0
+                while window[i] != v:
+                    i += 1
+                for t in range(i, n - 1):
+                    window[t] = window[t + 1]
+                n -= 1
+        if n < max(min_days, 1):
+            continue
+        h = n // 2
+        m = window[h] if n % 2 else 0.5 * (window[h - 1] + window[h])
+        if not m >= min_base:
+            continue
+        lo = np.inf
+        hi = -np.inf
+        for k in range(first, d + 1):
+            r = adjusted[k] / m
+            if r != r:
+                lo = np.nan
+                break
+            lo = min(lo, r)
+            hi = max(hi, r)
+        if lo == lo:
+            low[d] = lo
+            high[d] = hi
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def shift_ratios(
     adjusted: np.ndarray,  # float64 [twins, days]: day totals divided by the peers' day factor; NaN missing
@@ -471,50 +523,221 @@ def shift_ratios(
 ) -> None:
     """Sudden sustained change: the last `sustain_days` days (to day d) against the median
     of the `baseline_days` days before them. A rise shows as low > 1, a fall as high < 1."""
-    n_days = adjusted.shape[1]
     for c in prange(adjusted.shape[0]):
         window = np.empty(max(baseline_days, 1), dtype=np.float64)  # the baseline days' values, sorted
-        n = 0
-        for d in range(n_days):
-            first = d - sustain_days + 1
-            low[c, d] = np.nan
-            high[c, d] = np.nan
-            if first - 1 < 0:
-                continue
-            # slide the window to days [first - baseline_days, first): one day in, one out
-            v = adjusted[c, first - 1]
-            if v == v and baseline_days > 0:
-                i = n
-                while i > 0 and window[i - 1] > v:
-                    window[i] = window[i - 1]
-                    i -= 1
-                window[i] = v
-                n += 1
-            gone = first - 1 - baseline_days
-            if gone >= 0:
-                v = adjusted[c, gone]
+        _shift_row(adjusted[c], baseline_days, sustain_days, min_base, min_days, window, low[c], high[c])
+
+
+_ROWS_PER_TASK = 256  # rows a thread takes at a time in row_scores (one scratch allocation each)
+_DBL_MAX = float(np.finfo(np.float64).max)  # numpy.nan_to_num puts this for inf
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _nan_to_num(x: float, nan: float) -> float:
+    """numpy.nan_to_num of one float64: NaN to `nan`, then (not `nan` itself) +-inf to +-the
+    largest float."""
+    if x != x:
+        return nan
+    return max(min(x, _DBL_MAX), -_DBL_MAX)
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def row_scores(
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    missing: np.ndarray,  # int32 [twins, days]: day_features' outputs, in
+    silent_run: np.ndarray,  # int32 [twins, days]
+    zero_run: np.ndarray,  # int32 [twins, days]
+    negative: np.ndarray,  # float32 [twins, days]
+    rate_max: np.ndarray,  # float32 [twins, days]
+    total: np.ndarray,  # float64 [twins, days]
+    night_min: np.ndarray,  # float32 [twins, days]
+    night_n: np.ndarray,  # int32 [twins, days]
+    meter: np.ndarray,  # bool [twins]: electric or water sub-meter (stuck, level_shift)
+    water: np.ndarray,  # bool [twins]: water sub-meter (leak)
+    beside_water: np.ndarray,  # bool [twins]: the electric meter of a room with a water meter (presence)
+    span_ptr: np.ndarray,  # int64 [twins + 1]: supply cuts, as day_features takes them
+    span_lo: np.ndarray,  # int64 [spans]
+    span_hi: np.ndarray,  # int64 [spans]
+    interval_h: float,
+    min_use: float,  # stuck_min_use
+    reach_h: float,  # zero hours from which a meter's stuck score may alarm (its peers are then needed)
+    stuck_h: float,  # stuck_electric_h: zero hours that explain a day (level_shift) or spoil it (presence)
+    presence_days: int,
+    presence_share: float,
+    backwards_min: np.float32,  # the threshold as float32: numpy compares a float32 array in float32
+    jump_ratio: np.float32,
+    jump_floor: float,  # jump_floor_per_h x interval hours
+    leak_min_readings: int,
+    want_leak: bool,  # sub-daily readings: leak scores
+    offline: np.ndarray,  # float32 [twins, days] out: silent hours
+    backwards: np.ndarray,  # float32 [twins, days] out: negative sum, NaN on a day without a reading
+    jump: np.ndarray,  # float32 [twins, days] out: rate_max / usual
+    usual: np.ndarray,  # float64 [twins] out: the usual daily largest (median, floored)
+    leak: np.ndarray,  # float32 [twins, days] out: night minimum in l/h, NaN where not judged
+    first_use: np.ndarray,  # int64 [twins] out: first day a total reached min_use (days when none)
+    reach: np.ndarray,  # bool [twins] out: a meter with a zero run of reach_h hours
+    home: np.ndarray,  # bool [twins, days] out: presence (rows beside_water only; False elsewhere)
+    days: np.ndarray,  # float64 [twins, days] out: level_shift's day totals, NaN on unclean days
+    divisor: np.ndarray,  # float64 [twins] out: the median of those days where above 0, else NaN
+) -> None:
+    """The rules that need only a twin's own days, from day_features' figures (see
+    twin/anomaly.py for each rule): offline, backwards, jump, leak; stuck's first day of use
+    and presence; level_shift's clean day totals and their median. Arithmetic in the types
+    numpy would use, so the scores are the same to the bit."""
+    n_twins = missing.shape[0]
+    n_days = day_bounds.shape[0] - 1
+    liters = np.float32(1000.0)
+    per_h = np.float32(interval_h)
+    for task in prange((n_twins + _ROWS_PER_TASK - 1) // _ROWS_PER_TASK):
+        kept = np.empty(n_days, dtype=np.float64)
+        cut = np.empty(n_days, dtype=np.bool_)
+        clean = np.empty(n_days, dtype=np.bool_)
+        for c in range(task * _ROWS_PER_TASK, min(n_twins, (task + 1) * _ROWS_PER_TASK)):
+            cut[:] = False
+            for s in range(span_ptr[c], span_ptr[c + 1]):
+                d0 = np.searchsorted(day_bounds, span_lo[s], side="right") - 1
+                d1 = np.searchsorted(day_bounds, span_hi[s] - 1, side="right") - 1
+                cut[d0:d1 + 1] = True
+            # jump: the median of the day's largest readings
+            n = 0
+            for d in range(n_days):
+                v = np.float64(rate_max[c, d])
                 if v == v:
-                    i = 0
-                    while window[i] != v:
-                        i += 1
-                    for t in range(i, n - 1):
-                        window[t] = window[t + 1]
-                    n -= 1
-            if n < max(min_days, 1):
-                continue
-            h = n // 2
-            m = window[h] if n % 2 else 0.5 * (window[h - 1] + window[h])
-            if not m >= min_base:
-                continue
-            lo = np.inf
-            hi = -np.inf
-            for k in range(first, d + 1):
-                r = adjusted[c, k] / m
-                if r != r:
-                    lo = np.nan
-                    break
-                lo = min(lo, r)
-                hi = max(hi, r)
-            if lo == lo:
-                low[c, d] = lo
-                high[c, d] = hi
+                    kept[n] = v
+                    n += 1
+            u = _quantile_in_place(kept[:n], 0.5)
+            u = _nan_to_num(u, 0.0)
+            u = u if u > jump_floor else jump_floor  # numpy.maximum keeps the second of equals
+            usual[c] = u
+            first = n_days
+            any_reach = False
+            for d in range(n_days):
+                has_data = day_bounds[d + 1] - day_bounds[d] - missing[c, d] > 0
+                offline[c, d] = np.float32(silent_run[c, d] * interval_h)
+                backwards[c, d] = negative[c, d] if has_data else np.nan
+                j = np.float32(np.float64(rate_max[c, d]) / u)
+                jump[c, d] = j
+                lph = np.float32(np.nan)
+                if want_leak and water[c] and night_n[c, d] >= leak_min_readings:
+                    lph = np.float32(night_min[c, d] * liters) / per_h
+                leak[c, d] = lph
+                t = total[c, d]
+                if first == n_days and (t if has_data else 0.0) >= min_use:
+                    first = d
+                zero_h = zero_run[c, d] * interval_h
+                any_reach |= zero_h >= reach_h
+                explained = cut[d] or zero_h >= stuck_h or negative[c, d] >= backwards_min or j >= jump_ratio
+                days[c, d] = t if missing[c, d] == 0 and not explained else np.nan
+                home[c, d] = False
+            first_use[c] = first
+            reach[c] = meter[c] and any_reach
+            # level_shift: the median clean day
+            n = 0
+            for d in range(n_days):
+                v = days[c, d]
+                if v == v:
+                    kept[n] = v
+                    n += 1
+            own = _quantile_in_place(kept[:n], 0.5)
+            divisor[c] = own if own > 0 else np.nan
+            if beside_water[c]:  # presence: at least presence_share of the upper quartile of clean days
+                n = 0
+                n_clean = 0
+                for d in range(n_days):
+                    clean[d] = (day_bounds[d + 1] - day_bounds[d] - missing[c, d] > 0
+                                and zero_run[c, d] * interval_h < stuck_h and missing[c, d] == 0)
+                    n_clean += clean[d]
+                    if clean[d] and total[c, d] == total[c, d]:
+                        kept[n] = total[c, d]
+                        n += 1
+                q = np.inf if n_clean < presence_days else _quantile_in_place(kept[:n], 0.75)
+                level = presence_share * _nan_to_num(q, np.inf)
+                for d in range(n_days):
+                    home[c, d] = clean[d] and total[c, d] >= level
+
+
+@njit(cache=True, nogil=True, parallel=True, error_model="numpy")
+def group_scores(
+    order: np.ndarray,  # int64 [twins]: twins sorted by peer group
+    cuts: np.ndarray,  # int64 [groups + 1]: group g is order[cuts[g]:cuts[g + 1]]
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    missing: np.ndarray,  # int32 [twins, days]
+    zero_run: np.ndarray,  # int32 [twins, days]
+    total: np.ndarray,  # float64 [twins, days]
+    days: np.ndarray,  # float64 [twins, days]: row_scores' clean day totals
+    divisor: np.ndarray,  # float64 [twins]: row_scores' median clean day (NaN: none above 0)
+    meter: np.ndarray,  # bool [twins]: electric or water sub-meter
+    water: np.ndarray,  # bool [twins]: water sub-meter
+    electric_of: np.ndarray,  # int64 [twins]: a water meter's room's electric meter, else -1
+    home: np.ndarray,  # bool [twins, days]: row_scores' presence
+    first_use: np.ndarray,  # int64 [twins]: row_scores'
+    reach: np.ndarray,  # bool [twins]: row_scores'
+    interval_h: float,
+    scale_alone: float,  # stuck_electric_h / stuck_water_alone_h: a water meter's scale, no electric meter beside
+    scale_room: float,  # stuck_electric_h / stuck_water_h
+    baseline_days: int,  # shift_ratios' parameters
+    sustain_days: int,
+    min_base: float,
+    min_days: int,
+    stuck: np.ndarray,  # float32 [twins, days] out: stuck scores
+    peer_total: np.ndarray,  # float64 [groups, days] out: the group's median day total (inf where not needed)
+    low: np.ndarray,  # float32 [twins, days] out: shift_ratios' low, after removing the peers' day factor
+    high: np.ndarray,  # float32 [twins, days] out: and high
+    score: np.ndarray,  # float32 [twins, days] out: level_shift's score where it is NaN or 0 (low < 1 < high)
+    needs_log: np.ndarray,  # bool [twins, days] out: the score is |log| of low or high: numpy computes it
+) -> None:
+    """The rules that need a twin's peers (its building and kind): stuck (the peers' median
+    day total is above 0; computed only for a group with a twin reaching an alarm) and
+    level_shift (each twin's clean days over its median, the group's median of that per day
+    is the day factor; shift_ratios on the days divided by it). The log of level_shift's
+    score is left to numpy (the same float32 log as before, to the bit)."""
+    n_days = day_bounds.shape[0] - 1
+    for g in prange(cuts.shape[0] - 1):
+        a, b = cuts[g], cuts[g + 1]
+        kept = np.empty(b - a, dtype=np.float64)
+        factor = np.empty(n_days, dtype=np.float64)
+        adjusted = np.empty(n_days, dtype=np.float64)
+        window = np.empty(max(baseline_days, 1), dtype=np.float64)
+        needed = False
+        for k in range(a, b):
+            needed |= reach[order[k]]
+        for d in range(n_days):
+            per_day = day_bounds[d + 1] - day_bounds[d]
+            peer_total[g, d] = np.inf
+            if needed:
+                n = 0
+                for k in range(a, b):
+                    r = order[k]
+                    if per_day - missing[r, d] > 0 and total[r, d] == total[r, d]:
+                        kept[n] = total[r, d]
+                        n += 1
+                peer_total[g, d] = _sorted_median(kept, n)
+            n = 0
+            for k in range(a, b):
+                r = order[k]
+                v = days[r, d] / divisor[r]
+                if v == v:
+                    kept[n] = v
+                    n += 1
+            m = _sorted_median(kept, n)
+            factor[d] = m if np.isfinite(m) and m > 0 else 1.0
+        for k in range(a, b):
+            r = order[k]
+            e = electric_of[r]
+            scale = scale_alone if e < 0 else scale_room
+            for d in range(n_days):
+                s = np.float32(np.nan)
+                if meter[r] and d >= first_use[r] and peer_total[g, d] > 0:
+                    s = np.float32(zero_run[r, d] * interval_h)
+                if water[r]:
+                    s = np.float32(np.float64(s) * scale)
+                    if e >= 0 and not home[e, d] and s == s:
+                        s = np.float32(0.0)
+                stuck[r, d] = s
+                adjusted[d] = days[r, d] / factor[d]
+            _shift_row(adjusted, baseline_days, sustain_days, min_base, min_days, window, low[r], high[r])
+            for d in range(n_days):
+                lo, hi = low[r, d], high[r, d]
+                strict = lo < 1 and hi > 1  # both logs away from 0 (checked for every float32)
+                score[r, d] = np.float32(0.0) if meter[r] and strict else np.float32(np.nan)
+                needs_log[r, d] = meter[r] and lo == lo and not strict
