@@ -275,7 +275,7 @@ def test_band_split_matches_the_reference(case):
 
 
 def test_band_split_with_more_than_four_bands():
-    """Six bands go through the per-band passes and still match the reference."""
+    """Six bands (two loops of four band lanes over each day) still match the reference."""
     start, n = utc("Asia/Shanghai", 2026, 5, 1), 96 * 3
     matrix = random_matrix(9, 5, n)
     band = np.random.default_rng(1).integers(0, 6, n).astype(np.int8)
@@ -287,6 +287,22 @@ def test_band_split_with_more_than_four_bands():
         for b in range(6):
             np.testing.assert_allclose(split.kwh[:, d, b], np.nansum(matrix[:, idx[band[idx] == b]], axis=1,
                                                                       dtype=np.float64), atol=1e-9)
+
+
+def test_band_split_keeps_an_infinite_reading_in_its_band():
+    """An infinite reading makes its own band's total infinite and leaves the other bands'
+    totals of that day as they were (a band is a lane select, not a multiply by 0 or 1)."""
+    start, n = utc("Asia/Shanghai", 2026, 5, 1), 96 * 2
+    matrix = random_matrix(4, 5, n)
+    band = (np.arange(n) // 10 % 4).astype(np.int8)
+    cal = load.local_calendar(start, n, 900, "Asia/Shanghai")
+    finite = load.band_totals(matrix, cal, band).kwh
+    matrix[4, 25] = np.inf  # band 2, day 0
+    split = load.band_totals(matrix, cal, band).kwh
+    assert split[4, 0, 2] == np.inf
+    rest = np.ones(split.shape, dtype=bool)
+    rest[4, 0, 2] = False
+    np.testing.assert_array_equal(split[rest], finite[rest])
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)

@@ -61,6 +61,7 @@ import numpy as np
 from numba import njit, prange
 
 from twin.history import History, Topology
+from twin.kernels.prefetch import prefetch
 
 MAX_BANDS = 8
 DAILY = 86400
@@ -68,6 +69,7 @@ _FAST = {"nsz", "arcp", "contract", "reassoc"}  # reassociate sums; keep NaN and
 _ABS = np.int32(0x7FFFFFFF)  # float32 bits without the sign
 _INF_BITS = np.int32(0x7F800000)  # above this (sign off): NaN
 _LOWEST = np.int32(-(2**31))  # the sort key NaN gets: below every number
+_AHEAD = 1024  # readings (4 KB) ahead that the whole-matrix kernels ask the cache for
 Period = Literal["day", "week", "month", "year"]
 PERIODS: tuple[Period, ...] = ("day", "week", "month", "year")
 
@@ -232,6 +234,15 @@ def calendar_of_history(history: History, start_utc: int, end_utc: int) -> Calen
 
 
 @njit(cache=True, nogil=True, inline="always")
+def _ask_ahead(row: np.ndarray, a: int, b: int) -> None:
+    """Prefetch the readings `_AHEAD` past row[a:b], one hint per 64-byte line: the loops
+    over a day do enough work per reading that the hardware prefetcher alone falls behind
+    (day_stats took 3.1 times numpy.sum without, 1.9 with, on one thread)."""
+    for t in range(a + _AHEAD, b + _AHEAD, 16):
+        prefetch(row, t)
+
+
+@njit(cache=True, nogil=True, inline="always")
 def _sort_key(x: np.int32) -> np.int32:
     """float32 bits (as int32) to an int32 that orders as the float does; -0.0 and 0.0
     get the same key. NaN must be screened out before: its key is meaningless."""
@@ -255,7 +266,8 @@ def day_stats(
 
     The peak is found on the float's bits turned into an int that sorts as the float does
     (NaN lowest): integer max and min vectorise where a float max that must skip NaN does
-    not, and each day's loops run over a slice already in cache."""
+    not, and each day's loops run over a slice already in cache (asked for `_AHEAD`
+    readings before, by `_ask_ahead`)."""
     n_days = day_bounds.shape[0] - 1
     for m in prange(matrix.shape[0]):
         row = matrix[m]
@@ -263,6 +275,7 @@ def day_stats(
         for d in range(n_days):
             a = day_bounds[d]
             b = day_bounds[d + 1]
+            _ask_ahead(row, a, b)
             seg = row[a:b]
             seg_bits = row_bits[a:b]
             n = np.int32(b - a)
@@ -292,47 +305,34 @@ def day_stats(
 
 
 @njit(cache=True, nogil=True)
-def band_runs(
-    day_bounds: np.ndarray,  # int64 [days + 1]
-    band: np.ndarray,  # int8 [tariffs, intervals]
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """The runs of one band in force inside each local day, per tariff row: (run_ptr int64
-    [tariffs, days + 1]: day d of row r holds runs run_ptr[r, d]:run_ptr[r, d + 1]; run_lo,
-    run_hi int64: first interval and the one after; run_band int64). A time-of-use day is
-    a handful of runs (valley, flat, peak, sharp, ...)."""
+def band_masks(band: np.ndarray, n_bands: int) -> np.ndarray:
+    """bool [tariffs, bands rounded up to 4, intervals]: whether each band is in force at each
+    interval, per tariff row of `band` (int [tariffs, intervals]); bands past `n_bands` are
+    never in force."""
     n_rows, n_int = band.shape
-    n_days = day_bounds.shape[0] - 1
-    lo = np.empty(max(n_rows * n_int, 1), dtype=np.int64)
-    hi = np.empty_like(lo)
-    which = np.empty_like(lo)
-    ptr = np.zeros((n_rows, n_days + 1), dtype=np.int64)
-    k = 0
+    masks = np.zeros((n_rows, (max(n_bands, 1) + 3) // 4 * 4, n_int), dtype=np.bool_)
     for r in range(n_rows):
-        for d in range(n_days):
-            ptr[r, d] = k
-            t = day_bounds[d]
-            end = day_bounds[d + 1]
-            while t < end:
-                e = t + 1
-                while e < end and band[r, e] == band[r, t]:
-                    e += 1
-                lo[k] = t
-                hi[k] = e
-                which[k] = band[r, t]
-                k += 1
-                t = e
-        ptr[r, n_days] = k
-    return ptr, lo[:k], hi[:k], which[:k]
+        for t in range(n_int):
+            if band[r, t] < n_bands:
+                masks[r, band[r, t], t] = True
+    return masks
 
 
-@njit(cache=True, nogil=True, fastmath=_FAST)
-def _run_total(row: np.ndarray, lo: int, hi: int) -> float:
-    """Sum of row[lo:hi], missing as 0 (vectorised)."""
-    acc = 0.0
-    for t in range(lo, hi):
-        e = row[t]
-        acc += np.float64(e) if e == e else 0.0
-    return acc
+@njit(cache=True, nogil=True, inline="always")
+def _four_band_sums(seg: np.ndarray, in0: np.ndarray, in1: np.ndarray, in2: np.ndarray,
+                    in3: np.ndarray) -> tuple[float, float, float, float]:
+    """Sums of seg (missing as 0) where each of four band masks is set: one vectorised
+    loop, a masked add per band and reading (no branch, so an infinite reading stays in
+    its band)."""
+    u0 = u1 = u2 = u3 = 0.0
+    for i in range(seg.shape[0]):
+        e = seg[i]
+        x = np.float64(e) if e == e else 0.0
+        u0 += x if in0[i] else 0.0
+        u1 += x if in1[i] else 0.0
+        u2 += x if in2[i] else 0.0
+        u3 += x if in3[i] else 0.0
+    return u0, u1, u2, u3
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
@@ -346,53 +346,25 @@ def band_day_totals(
 ) -> None:
     """Per twin, local day and time-of-use band: the energy measured in that band.
 
-    Speed: where the bands come in runs (a time-of-use day: a few runs of hours), each
-    run's readings are summed in one vectorised loop into its band; bands that change
-    almost every interval take one select per band and reading instead."""
+    Speed: each day's readings are summed once per four bands, each band a lane select on
+    a mask of where it is in force (`band_masks`), in one vectorised loop over the day;
+    how the bands fall (runs of hours, or a change every interval) does not matter. A sum
+    per band and day adds its readings in the vectoriser's order (as `day_stats` does), not
+    run by run."""
     n_days = day_bounds.shape[0] - 1
-    run_ptr, run_lo, run_hi, run_band = band_runs(day_bounds, band)
-    if run_lo.shape[0] * 4 <= band.shape[0] * band.shape[1]:  # runs of 4 intervals or more, on average
-        for m in prange(matrix.shape[0]):
-            row = matrix[m]
-            r = tariff_of[m]
-            for d in range(n_days):
-                for bb in range(n_bands):
-                    out[m, d, bb] = 0.0
-                for k in range(run_ptr[r, d], run_ptr[r, d + 1]):
-                    out[m, d, run_band[k]] += _run_total(row, run_lo[k], run_hi[k])
-        return
+    masks = band_masks(band, n_bands)
     for m in prange(matrix.shape[0]):
         row = matrix[m]
-        bands_of = band[tariff_of[m]]
+        mask = masks[tariff_of[m]]
         for d in range(n_days):
             a = day_bounds[d]
             b = day_bounds[d + 1]
+            _ask_ahead(row, a, b)
             seg = row[a:b]
-            bands = bands_of[a:b]
-            if n_bands <= 4:  # 尖峰平谷: one fused pass
-                u0 = u1 = u2 = u3 = 0.0
-                for i in range(seg.shape[0]):
-                    e = seg[i]
-                    x = np.float64(e) if e == e else 0.0
-                    bi = bands[i]
-                    u0 += x if bi == 0 else 0.0
-                    u1 += x if bi == 1 else 0.0
-                    u2 += x if bi == 2 else 0.0
-                    u3 += x if bi == 3 else 0.0
-                out[m, d, 0] = u0
-                if n_bands > 1:
-                    out[m, d, 1] = u1
-                if n_bands > 2:
-                    out[m, d, 2] = u2
-                if n_bands > 3:
-                    out[m, d, 3] = u3
-            else:
-                for bb in range(n_bands):  # one pass per band over a day held in cache
-                    u = 0.0
-                    for i in range(seg.shape[0]):
-                        e = seg[i]
-                        u += np.float64(e) if (e == e and bands[i] == bb) else 0.0
-                    out[m, d, bb] = u
+            for b0 in range(0, n_bands, 4):
+                u = _four_band_sums(seg, mask[b0, a:b], mask[b0 + 1, a:b], mask[b0 + 2, a:b], mask[b0 + 3, a:b])
+                for j in range(min(4, n_bands - b0)):
+                    out[m, d, b0 + j] = u[j]
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
@@ -415,6 +387,7 @@ def profile_means(
         for d in range(n_days):
             a = day_bounds[d]
             b = day_bounds[d + 1]
+            _ask_ahead(row, a, b)
             if day_regular[d]:
                 c0 = day_cell0[d]
                 seg = row[a:b]
