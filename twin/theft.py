@@ -41,14 +41,16 @@ meters); every other column is NaN.
 
 from __future__ import annotations
 
-import math
+import threading
 from dataclasses import dataclass
 
 import numpy as np
 
 from twin.detect import DayScores, DetectView
+from twin.history import Column, Topology
 from twin.kernels import theft as k
 from twin.kernels import theft_features as kf
+from twin.kernels import theft_score as ks
 
 #: Days of own history each meter-day is compared with.
 WINDOW = 28
@@ -98,13 +100,10 @@ def trailing_run(z: np.ndarray, days: int = RUN_DAYS) -> np.ndarray:
     """Per meter-day, the best evidence of a run of days ending that day: the largest over
     k = 1..days of sum(z[d - k + 1 .. d]) / sqrt(k) (a shift that lasts adds up; noise
     averages out). NaN days count as 0 inside a run; a NaN day itself stays NaN."""
-    filled = np.nan_to_num(z, nan=0.0)
-    best = filled.copy()
-    acc = filled.copy()
-    for n in range(1, min(days, z.shape[1])):  # runs of n + 1 days end on days n and after
-        acc[:, n:] += filled[:, :-n]
-        best[:, n:] = np.maximum(best[:, n:], acc[:, n:] / math.sqrt(n + 1))
-    return np.where(np.isnan(z), np.nan, best)
+    z = np.ascontiguousarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    ks.trailing_run(z, days, out)
+    return out
 
 
 @dataclass
@@ -119,15 +118,26 @@ class TheftFeatures:
     loss_kwh: np.ndarray  #: float64 [meters, days]: the meter's master's unexplained energy that day (NaN none)
 
 
-def _electric_subs(view: DetectView) -> np.ndarray:
-    return np.array([i for i, c in enumerate(view.topology.columns)
-                     if c.kind == "electric_meter" and c.role == "sub"], dtype=np.int64)
+@dataclass(frozen=True)
+class _Layout:
+    """What theft_features reads of a topology, worked out once per topology (`_layout`):
+    the live task scores the same topology every few minutes."""
+
+    columns: list[Column]  #: the topology's columns it was worked out from (the cache's check)
+    meters: np.ndarray  #: int64 [meters]: the electric sub-meters, the columns scored
+    row_of: dict[int, int]  #: column -> its row of `meters`
+    masters: np.ndarray  #: int64 [masters]: the electric master meters
+    feed_ptr: np.ndarray  #: int64 [masters + 1]: CSR offsets into feed_cols
+    feed_cols: np.ndarray  #: int64: the columns each master feeds
+    rrow: np.ndarray  #: int64 [meters]: the row of `masters` feeding each meter, -1 none
+    group_ptr: np.ndarray  #: int64 [groups + 1]: CSR offsets into group_rows
+    group_rows: np.ndarray  #: int64: rows of `meters` by peer group (its master, else its building)
+    water: np.ndarray  #: int64 [meters]: room_water of each meter
 
 
-def _balance(view: DetectView) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
-    """Per master: the unexplained energy per interval (NaN rows where it cannot be fitted)
-    and the column -> master-row map."""
-    cols = view.topology.columns
+def _work_out_layout(cols: list[Column]) -> _Layout:
+    meters = np.array([i for i, c in enumerate(cols) if c.kind == "electric_meter" and c.role == "sub"],
+                      dtype=np.int64)
     index = {c.id: i for i, c in enumerate(cols)}
     masters = [i for i, c in enumerate(cols) if c.role == "master" and c.utility == "electric"]
     row_of = {cols[m].id: g for g, m in enumerate(masters)}
@@ -135,34 +145,66 @@ def _balance(view: DetectView) -> tuple[np.ndarray, np.ndarray, dict[str, int]]:
     for i, c in enumerate(cols):
         if c.master is not None and c.master in row_of and c.master in index:
             feeds[row_of[c.master]].append(i)
+    feed_ptr = np.zeros(len(masters) + 1, dtype=np.int64)
+    feed_ptr[1:] = np.cumsum([len(f) for f in feeds])
+    rrow = np.array([row_of.get(cols[i].master or "", -1) for i in meters], dtype=np.int64)
+    # group of each meter for peer terms: its master, else its building
+    labels: dict[str, int] = {}
+    group = np.array([labels.setdefault(cols[i].master or f"building:{cols[i].building}", len(labels))
+                      if (cols[i].master or cols[i].building) else -1 for i in meters], dtype=np.int64)
+    order = np.argsort(group, kind="stable")
+    order = order[group[order] >= 0]
+    counts = np.bincount(group[order], minlength=int(group.max()) + 1 if group.size else 0)
+    group_ptr = np.zeros(counts.size + 1, dtype=np.int64)
+    group_ptr[1:] = np.cumsum(counts)
+    return _Layout(list(cols), meters, {int(c): j for j, c in enumerate(meters)}, np.array(masters, dtype=np.int64),
+                   feed_ptr, np.array([c for f in feeds for c in f], dtype=np.int64), rrow, group_ptr,
+                   order.astype(np.int64), _room_water(cols, meters))
+
+
+_LAYOUTS: dict[int, _Layout] = {}  # by id of the topology; checked against its columns
+_LAYOUTS_KEPT = 8
+_LAYOUTS_LOCK = threading.Lock()
+
+
+def _layout(topology: Topology) -> _Layout:
+    """The topology's layout, worked out again only when its columns changed (a new
+    topology with the id of one gone is checked the same way)."""
+    with _LAYOUTS_LOCK:
+        cached = _LAYOUTS.get(id(topology))
+    if cached is not None and cached.columns == topology.columns:
+        return cached
+    layout = _work_out_layout(topology.columns)
+    with _LAYOUTS_LOCK:
+        _LAYOUTS.pop(id(topology), None)
+        while len(_LAYOUTS) >= _LAYOUTS_KEPT:
+            del _LAYOUTS[next(iter(_LAYOUTS))]
+        _LAYOUTS[id(topology)] = layout
+    return layout
+
+
+def _balance(view: DetectView, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+    """Per master: the unexplained energy per interval (NaN rows where it cannot be fitted)
+    and per day."""
+    masters = layout.masters
     n_t = view.matrix.shape[1]
     residual = np.full((len(masters), n_t), np.nan)
-    if not masters or view.calendar.n_slots == 1:
-        return residual, np.zeros((len(masters), len(view.calendar.days))), row_of
-    ptr = np.zeros(len(masters) + 1, dtype=np.int64)
-    ptr[1:] = np.cumsum([len(f) for f in feeds])
-    flat = np.array([c for f in feeds for c in f], dtype=np.int64)
+    if not masters.size or view.calendar.n_slots == 1:
+        return residual, np.zeros((len(masters), len(view.calendar.days)))
     fed = np.empty((len(masters), n_t))
-    k.balance_sums(view.matrix, ptr, flat, fed)
+    k.balance_sums(view.matrix, layout.feed_ptr, layout.feed_cols, fed)
     master = view.matrix[masters].astype(np.float64)
     fits = np.empty((len(masters), len(view.calendar.days), 3))
     k.balance_day_fits(master, fed, view.calendar.day_bounds, fits)
-    a = np.full(len(masters), np.nan)
-    slope_c = np.full(len(masters), np.nan)
-    for g in range(len(masters)):
-        ok = np.isfinite(fits[g, :, 2])
-        if not ok.any():
-            continue
-        rms = fits[g, ok, 2]
-        best = rms <= np.quantile(rms, 0.25)  # the cleanest quarter of the days
-        a[g] = float(np.median(fits[g, ok, 0][best]))
-        slope_c[g] = float(np.median(fits[g, ok, 1][best]))
+    a = np.empty(len(masters))
+    slope_c = np.empty(len(masters))
+    ks.fit_medians(fits, 0.25, a, slope_c)  # the median fit of the cleanest quarter of the days
     fitted = np.isfinite(a)
     k.balance_residual(master, fed, np.where(fitted, a, 0.0), np.where(fitted, slope_c, 0.0), residual)
     residual[~fitted] = np.nan
     daily = np.add.reduceat(np.nan_to_num(residual), view.calendar.day_bounds[:-1], axis=1) \
         if len(view.calendar.days) else np.zeros((len(masters), 0))
-    return residual, daily, row_of
+    return residual, daily
 
 
 def _z(values: np.ndarray, floor: float) -> np.ndarray:
@@ -176,13 +218,16 @@ def _z_med(values: np.ndarray, floor: float) -> tuple[np.ndarray, np.ndarray]:
     return out, med
 
 
-def supply_cut(view: DetectView, meters: np.ndarray) -> np.ndarray:
+def supply_cut(view: DetectView, meters: np.ndarray, row: dict[int, int] | None = None) -> np.ndarray:
     """bool [meters, days]: the meter's relay was open (supply cut) at some time that day,
     from the view's relay events (a relay open before the first event of a meter is not
-    known here)."""
+    known here). `row`: column -> row of `meters`, when known."""
     n_days = len(view.calendar.days)
     out = np.zeros((meters.size, n_days), dtype=np.bool_)
-    row = {int(c): j for j, c in enumerate(meters)}
+    if not view.events:
+        return out
+    if row is None:
+        row = {int(c): j for j, c in enumerate(meters)}
     opened: dict[int, int] = {}
     for e in view.events:
         if e.kind != "relay" or e.column not in row:
@@ -198,17 +243,12 @@ def supply_cut(view: DetectView, meters: np.ndarray) -> np.ndarray:
     return out
 
 
-def _by_group_median(values: np.ndarray, group: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _by_group_median(values: np.ndarray, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
     """Per meter-day: the median and MAD of `values` over the meters of its group that day
     (NaN for meters in no group)."""
-    order = np.argsort(group, kind="stable")
-    order = order[group[order] >= 0]
-    counts = np.bincount(group[order], minlength=int(group.max()) + 1 if group.size else 0)
-    ptr = np.zeros(counts.size + 1, dtype=np.int64)
-    ptr[1:] = np.cumsum(counts)
     med = np.full_like(values, np.nan)
     mad = np.full_like(values, np.nan)
-    k.group_median_mad(np.ascontiguousarray(values), ptr, order.astype(np.int64), med, mad)
+    k.group_median_mad(np.ascontiguousarray(values), layout.group_ptr, layout.group_rows, med, mad)
     return med, mad
 
 
@@ -243,7 +283,10 @@ def _explain_away(view: DetectView, meters: np.ndarray, rrow: np.ndarray, residu
 def room_water(view: DetectView, meters: np.ndarray) -> np.ndarray:
     """int64 [meters]: the column of the water sub-meter in each electric meter's room
     (-1 where the room has none, or more than one)."""
-    cols = view.topology.columns
+    return _room_water(view.topology.columns, meters)
+
+
+def _room_water(cols: list[Column], meters: np.ndarray) -> np.ndarray:
     water: dict[str, list[int]] = {}
     for i, c in enumerate(cols):
         if c.kind == "water_meter" and c.role == "sub" and c.room:
@@ -252,7 +295,7 @@ def room_water(view: DetectView, meters: np.ndarray) -> np.ndarray:
                     dtype=np.int64)
 
 
-def _drop_z(view: DetectView, meters: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _drop_z(view: DetectView, partner: np.ndarray, total: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """The day total's robust z against the meter's own past (higher: lower than usual) and
     the log of the total that past expects. Where the room's water meter read the whole
     day, and no more than `WATER_GATE` robust z above its own usual (a leak would read as a
@@ -260,10 +303,9 @@ def _drop_z(view: DetectView, meters: np.ndarray, total: np.ndarray) -> tuple[np
     power `WATER_BETA`: the household's day-to-day swings (more at home, away) move both."""
     log_total = np.log(total + DROP_EPS_KWH)
     drop, log_base = _z_med(log_total, FLOORS["drop"])
-    partner = room_water(view, meters)
     has = partner >= 0
     if not has.any() or not total.size:
-        return -drop, log_base
+        return np.negative(drop, out=drop), log_base
     water = np.full_like(total, np.nan)
     sums = np.empty((int(has.sum()), total.shape[1]))
     kf.row_day_totals(view.matrix, partner[has], view.calendar.day_bounds, sums)
@@ -278,87 +320,67 @@ def _drop_z(view: DetectView, meters: np.ndarray, total: np.ndarray) -> tuple[np
 
 def theft_features(view: DetectView) -> TheftFeatures:
     """Features, z-scores and the combined score for every electric sub-meter and day."""
+    return _features(view, _layout(view.topology))
+
+
+def _features(view: DetectView, layout: _Layout) -> TheftFeatures:
     cal = view.calendar
-    meters = _electric_subs(view)
+    meters = layout.meters
+    rrow = layout.rrow
     n_days = len(cal.days)
-    residual, daily_loss, row_of = _balance(view)
-    cols = view.topology.columns
-    rrow = np.array([row_of.get(cols[i].master or "", -1) for i in meters], dtype=np.int64)
+    residual, daily_loss = _balance(view, layout)
     if residual.shape[0] == 0:
         residual = np.zeros((1, view.matrix.shape[1]))
-    raw = np.full((6, meters.size, n_days), np.nan)
+    raw = np.empty((6, meters.size, n_days))
+    raw[k.BAL_CORR] = np.nan  # meter_day_features writes every other feature
     if meters.size and n_days:
         k.meter_day_features(view.matrix, meters, cal.day_bounds, cal.slot, cal.n_slots, cal.interval_h, WINDOW,
                              raw)
-    # group of each meter for peer terms: its master, else its building
-    labels: dict[str, int] = {}
-    group = np.array([labels.setdefault(cols[i].master or f"building:{cols[i].building}", len(labels))
-                      if (cols[i].master or cols[i].building) else -1 for i in meters], dtype=np.int64)
     z: dict[str, np.ndarray] = {}
-    cut = supply_cut(view, meters)
+    cut = supply_cut(view, meters, layout.row_of)
     total = np.maximum(raw[k.TOTAL], 0.0)
-    drop, log_base = _drop_z(view, meters, total)
-    peer, _ = _by_group_median(drop, group)
-    drop = np.minimum(drop - np.where(np.isfinite(peer), peer, 0.0), Z_CAP)
-    loss = np.full((meters.size, n_days), np.nan)
-    has = rrow >= 0
-    if has.any() and daily_loss.size:
-        loss[has] = daily_loss[rrow[has]]
-    # with a master: a fall the building's unexplained energy does not match is the flat's own
-    # (a day away); scale it by the share of it the loss explains
-    deficit = np.exp(log_base) - DROP_EPS_KWH - total
-    with np.errstate(invalid="ignore", divide="ignore"):
-        share = np.clip(np.where(deficit > 0, loss / np.where(deficit > 0, deficit, 1.0), 1.0), 0.0, 1.0)
-    drop = np.where(np.isfinite(loss), drop * np.where(drop > 0, share, 1.0), drop)
-    drop[cut] = np.minimum(drop[cut], 0.0)
-    z["drop"] = trailing_run(drop)
+    drop, log_base = _drop_z(view, layout.water, total)
+    peer, _ = _by_group_median(drop, layout)
+    with_none = np.full((daily_loss.shape[0] + 1, n_days), np.nan)  # its last row: meters without a master
+    with_none[:-1] = daily_loss
+    loss = with_none[rrow]
+    # DROP less its group's; with a master, a fall the building's unexplained energy does not
+    # match is the flat's own (a day away): scaled by the share of it the loss explains
+    z["drop"] = np.empty_like(drop)
+    ks.drop_run(drop, peer, total, np.exp(log_base), loss, cut, DROP_EPS_KWH, Z_CAP, RUN_DAYS, z["drop"])
     zero = _z(raw[k.ZERO_H], FLOORS["zero"])
-    zero[cut] = np.minimum(zero[cut], 0.0)
-    z["zero"] = zero
     cv = _z(raw[k.CV], FLOORS["cv"])
-    z["cv_high"] = cv
-    with np.errstate(invalid="ignore"):  # a flat day (h5) has no shape or autocorrelation to compare
-        z["cv_low"] = np.where(raw[k.CV] < FLAT_CV, FLAT_SCORE, -cv)
-    z["lag"] = -_z(raw[k.LAG1], FLOORS["lag"])
-    z["shape"] = -_z(raw[k.PROFILE_CORR], FLOORS["shape"])
-    pattern = np.fmax.reduce([z[name] for name in ("zero", "cv_high", "cv_low", "lag", "shape")])
+    lag = _z(raw[k.LAG1], FLOORS["lag"])
+    shape = _z(raw[k.PROFILE_CORR], FLOORS["shape"])
+    cv_low = np.empty_like(cv)
+    pattern = np.empty_like(cv)
+    # a flat day (h5) has no shape or autocorrelation to compare: its CV_LOW is FLAT_SCORE
+    ks.pattern_terms(zero, cv, raw[k.CV], lag, shape, cut, FLAT_CV, FLAT_SCORE, cv_low, pattern)
+    z["zero"], z["cv_high"], z["cv_low"], z["lag"], z["shape"] = zero, cv, cv_low, lag, shape
     onset = np.full((meters.size, n_days), np.nan)
     if meters.size and n_days and (rrow >= 0).any():
         cleaned = _explain_away(view, meters, rrow, residual, pattern)
-        bal = np.empty((meters.size, n_days))
         n_blocks = kf.blocks_per_day(cal.n_slots)
         kf.balance_block_z(view.matrix, meters, rrow, cleaned, cal.day_bounds,
-                           kf.block_of_interval(cal.slot, cal.n_slots, n_blocks), n_blocks, bal, onset)
-        raw[k.BAL_CORR] = bal
+                           kf.block_of_interval(cal.slot, cal.n_slots, n_blocks), n_blocks, raw[k.BAL_CORR], onset)
     bal = raw[k.BAL_CORR]
-    med, mad = _by_group_median(bal, group)
-    zb = (bal - med) / np.hypot(1.4826 * mad, FLOORS["bal"])
-    z["bal"] = trailing_run(np.minimum(zb, BAL_CAP))
-    terms = [WEIGHTS[name] * z[name] for name in PATTERN]
-    with np.errstate(invalid="ignore"):
-        joint = np.where(z["bal"] > 0, (z["bal"] + np.maximum(np.nan_to_num(z["drop"]), 0.0)) / math.sqrt(2.0),
-                         np.nan)
-    score = np.full_like(joint, -np.inf)
-    source = np.full(joint.shape, -1, dtype=np.int64)
-    z["onset"] = ONSET_WEIGHT * onset
-    for i, term in enumerate(terms + [joint, z["onset"]]):
-        better = term > score  # NaN never is
-        score = np.where(better, term, score)
-        source[better] = i
-    score[source < 0] = np.nan
-    return TheftFeatures(meters, raw, z, score, source, loss)
-
-
-def _evidence(view: DetectView, f: TheftFeatures) -> dict[int, int]:
-    return {int(c): j for j, c in enumerate(f.meters)}
+    med, mad = _by_group_median(bal, layout)
+    z["bal"] = np.empty_like(bal)
+    z["onset"] = np.empty_like(bal)
+    score = np.empty_like(bal)
+    source = np.empty(bal.shape, dtype=np.int64)
+    ks.balance_score(bal, med, mad, FLOORS["bal"], BAL_CAP, RUN_DAYS, np.array([WEIGHTS[name] for name in PATTERN]),
+                     z["drop"], zero, cv, cv_low, lag, shape, onset, ONSET_WEIGHT, z["bal"], z["onset"], score, source)
+    return TheftFeatures(meters.copy(), raw, z, score, source, loss)
 
 
 def theft_scores(view: DetectView) -> dict[str, DayScores]:
     """{"theft": DayScores}: the combined score (module docstring) per column and day."""
-    f = theft_features(view)
+    layout = _layout(view.topology)
+    f = _features(view, layout)
     scores = np.full((view.matrix.shape[0], len(view.calendar.days)), np.nan, dtype=np.float32)
     scores[f.meters] = f.score.astype(np.float32)
-    row_of = _evidence(view, f)
+    row_of = layout.row_of
 
     def evidence(column: int, day: int) -> str:
         j = row_of.get(column)
