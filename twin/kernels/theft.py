@@ -660,9 +660,12 @@ def trailing_robust_z(
         win = np.empty(size)  # the window's values, days [lo, hi), NaN skipped, sorted
         first = np.empty(size)  # the start-up reference: days [0, w0), sorted
         batch = np.empty(size)
+        short_block = np.zeros((n_days + step - 1) // step + 1, dtype=np.bool_)
         for j in range(c * chunk, min(n_rows, (c + 1) * chunk)):
             n = 0
             n_first = -1  # not known yet
+            first_med = first_scale = np.nan  # its reference, when the window held exactly it and was scored
+            first_known = False
             lo = 0
             hi = 0
             short = False
@@ -683,13 +686,19 @@ def trailing_robust_z(
                 n = _merge_in(win, n, batch, m)
                 lo = new_lo
                 hi = s
-                if lo == 0 and hi == w0 and n_first < 0:
-                    first[:n] = win[:n]
+                at_first = lo == 0 and hi == w0 and n_first < 0
+                if at_first:
                     n_first = n
+                short_block[s // step] = n < min_ref
                 if n < min_ref:
+                    if at_first:
+                        first[:n] = win[:n]
                     short = True  # scored below, against the start-up reference
                     continue
                 med, scale = _robust_ref(win, n, floor)
+                if at_first:  # the start-up reference: kept, not sorted or read again
+                    first_med, first_scale = med, scale
+                    first_known = True
                 _z_block(values, j, s, min(s + step, n_days), med, scale, out, median_out)
             if not short:
                 continue
@@ -699,12 +708,9 @@ def trailing_robust_z(
                     v = values[j, k]
                     if v == v:
                         n_first = _sorted_insert(first, n_first, v)
-            med, scale = _robust_ref(first, n_first, floor)
+            med, scale = (first_med, first_scale) if first_known else _robust_ref(first, n_first, floor)
             for s in range(0, n_days, step):
-                n = 0
-                for k in range(max(0, s - window), s):
-                    n += values[j, k] == values[j, k]
-                if n < min_ref:
+                if short_block[s // step]:
                     _z_block(values, j, s, min(s + step, n_days), med, scale, out, median_out)
 
 
