@@ -306,6 +306,45 @@ def test_band_split_keeps_an_infinite_reading_in_its_band():
 
 
 @pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_one_pass_gives_the_three_results_bit_for_bit(case):
+    """day_band_profile's one pass gives day_summary's, band_totals' and typical_profile's
+    arrays exactly (so they match the references above too): a tariff row per meter, at
+    every resolution, over DST days."""
+    tz, local, interval_s, n = case
+    start = utc(tz, *local)
+    matrix = random_matrix(n + 3, 7, n)
+    cal = load.local_calendar(start, n, interval_s, tz)
+    tables = price_tables([parse_tariff("tou", TOU), parse_tariff("flat", {"kind": "flat", "price_yuan": 0.5})],
+                          start, n, interval_s, tz)
+    tariff_of = np.array([0, 1, 0, 0, 1, 0, 1])
+    labels = [f"m{i}" for i in range(7)]
+    for kind in ("day", "month"):
+        days, split, profile = load.day_band_profile(matrix, cal, tables.band, tariff_of, kind,
+                                                     tables.band_names[0], labels)
+        alone = load.day_summary(matrix, cal)
+        for field in ("totals", "missing", "peak_kwh", "peak_at"):
+            np.testing.assert_array_equal(getattr(days, field), getattr(alone, field))
+        assert days.periods is cal.periods["day"]
+        split_alone = load.band_totals(matrix, cal, tables.band, tariff_of, kind, tables.band_names[0])
+        np.testing.assert_array_equal(split.kwh, split_alone.kwh)
+        assert split.band_names == split_alone.band_names and split.periods is split_alone.periods
+        profile_alone = load.typical_profile(matrix, cal, labels)
+        np.testing.assert_array_equal(profile.mean, profile_alone.mean)
+        assert profile.labels == labels and profile.slot_minutes == profile_alone.slot_minutes
+
+
+def test_one_pass_with_more_than_four_bands():
+    """Six bands: the one pass's split is band_totals', which matches the reference."""
+    start, n = utc("Asia/Shanghai", 2026, 5, 1), 96 * 3
+    matrix = random_matrix(9, 5, n)
+    band = np.random.default_rng(2).integers(0, 6, n).astype(np.int8)
+    cal = load.local_calendar(start, n, 900, "Asia/Shanghai")
+    _, split, _ = load.day_band_profile(matrix, cal, band)
+    np.testing.assert_array_equal(split.kwh, load.band_totals(matrix, cal, band).kwh)
+    assert split.kwh.shape == (5, 3, 6)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
 def test_typical_profile_matches_the_reference(case):
     """Mean reading by local slot of day, weekdays and weekends apart, missing left out;
     per building the sum of its sub-meters' means."""
@@ -414,6 +453,10 @@ def test_wrong_shapes_are_refused():
         load.day_summary(np.zeros((3, 95), np.float32), cal)
     with pytest.raises(ValueError, match="band covers 90"):
         load.band_totals(np.zeros((3, 96), np.float32), cal, np.zeros(90, np.int8))
+    with pytest.raises(ValueError, match="band covers 90"):
+        load.day_band_profile(np.zeros((3, 96), np.float32), cal, np.zeros(90, np.int8))
+    with pytest.raises(ValueError, match="tariff_of must give each of 3 twins"):
+        load.day_band_profile(np.zeros((3, 96), np.float32), cal, np.zeros((2, 96), np.int8), np.array([0, 1, 2]))
     with pytest.raises(ValueError, match="divide a day"):
         load.local_calendar(0, 10, 7 * 60, "Asia/Shanghai")
     with pytest.raises(ValueError, match="needs its calendar"):

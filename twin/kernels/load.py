@@ -8,8 +8,9 @@ NaN for missing, at any interval a history holds (60 s to 86400 s). A `Calendar`
 once in Python with zoneinfo, cuts the intervals into site-local days (contiguous runs) and
 gives each interval its slot of the day; the kernels then take only int arrays. Only three
 kernels read the whole matrix, each once: `day_stats` (totals, missing counts, peaks),
-`band_day_totals` and `profile_means`. Everything else rolls up their [twins, days]
-results, which are about 100 times smaller.
+`band_day_totals` and `profile_means`; `day_band_profile_stats` runs the three over each
+day of each twin while it is in cache, one pass for all three (`day_band_profile`).
+Everything else rolls up their [twins, days] results, which are about 100 times smaller.
 
 Rules that hold at every resolution:
 - An interval belongs to the local day (and ISO week from Monday, month, year) holding its
@@ -45,6 +46,8 @@ Example::
     cal = local_calendar(h.start, matrix.shape[1], h.interval_s, h.topology.timezone)
     site = site_index(h.topology)                         # once per topology
     days = day_summary(matrix, cal)                       # one pass over the matrix
+    # or with the split by band and the typical day, still one pass:
+    # days, bands, profile = day_band_profile(matrix, cal, price_tables(...).band)
     months = period_summary(days, cal, "month")          # totals, missing, peaks, load factor
     balance = energy_balance(days, site)                  # loss by master meter and day
 """
@@ -252,6 +255,33 @@ def _sort_key(x: np.int32) -> np.int32:
     return np.int32(np.int32(x ^ np.int32(sign & _ABS)) - sign)
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _day_figures(seg: np.ndarray, seg_bits: np.ndarray) -> tuple[float, np.int32, np.int32]:
+    """One day of one twin: (total with missing as 0, missing count, index in seg of the
+    first peak reading, len(seg) when none): three vectorised loops over the slice.
+
+    The peak is found on the float's bits turned into an int that sorts as the float does
+    (NaN lowest): integer max and min vectorise where a float max that must skip NaN does
+    not."""
+    n = np.int32(seg.shape[0])
+    total = 0.0
+    for i in range(n):
+        e = seg[i]
+        total += np.float64(e) if e == e else 0.0
+    top = _LOWEST
+    gaps = np.int32(0)
+    for i in range(n):
+        x = seg_bits[i]
+        nan = np.int32(x & _ABS) > _INF_BITS
+        gaps = np.int32(gaps + (np.int32(1) if nan else np.int32(0)))
+        top = np.int32(max(top, _LOWEST if nan else _sort_key(x)))
+    at = n
+    for i in range(n):  # the first interval holding the peak: an integer min, vectorised
+        x = seg_bits[i]
+        at = np.int32(min(at, np.int32(i) if _sort_key(x) == top else n))
+    return total, gaps, at if gaps < n else n
+
+
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
 def day_stats(
     matrix: np.ndarray,  # float32 [twins, intervals], NaN missing
@@ -262,12 +292,9 @@ def day_stats(
     peak: np.ndarray,  # float32 [twins, days] out: largest reading, NaN when none
     peak_at: np.ndarray,  # int64 [twins, days] out: interval index of the first largest, -1 when none
 ) -> None:
-    """Per twin and local day in one pass: total, missing count, peak reading and where.
-
-    The peak is found on the float's bits turned into an int that sorts as the float does
-    (NaN lowest): integer max and min vectorise where a float max that must skip NaN does
-    not, and each day's loops run over a slice already in cache (asked for `_AHEAD`
-    readings before, by `_ask_ahead`)."""
+    """Per twin and local day in one pass: total, missing count, peak reading and where
+    (`_day_figures`). Each day's loops run over a slice already in cache (asked for
+    `_AHEAD` readings before, by `_ask_ahead`)."""
     n_days = day_bounds.shape[0] - 1
     for m in prange(matrix.shape[0]):
         row = matrix[m]
@@ -276,32 +303,11 @@ def day_stats(
             a = day_bounds[d]
             b = day_bounds[d + 1]
             _ask_ahead(row, a, b)
-            seg = row[a:b]
-            seg_bits = row_bits[a:b]
-            n = np.int32(b - a)
-            total = 0.0
-            for i in range(n):
-                e = seg[i]
-                total += np.float64(e) if e == e else 0.0
-            top = _LOWEST
-            gaps = np.int32(0)
-            for i in range(n):
-                x = seg_bits[i]
-                nan = np.int32(x & _ABS) > _INF_BITS
-                gaps = np.int32(gaps + (np.int32(1) if nan else np.int32(0)))
-                top = np.int32(max(top, _LOWEST if nan else _sort_key(x)))
-            at = n
-            for i in range(n):  # the first interval holding the peak: an integer min, vectorised
-                x = seg_bits[i]
-                at = np.int32(min(at, np.int32(i) if _sort_key(x) == top else n))
+            total, gaps, at = _day_figures(row[a:b], row_bits[a:b])
             totals[m, d] = total
             missing[m, d] = gaps
-            if gaps == n:
-                peak[m, d] = np.nan
-                peak_at[m, d] = -1
-            else:
-                peak[m, d] = seg[at]
-                peak_at[m, d] = a + at
+            peak[m, d] = row[a + at] if at < b - a else np.nan
+            peak_at[m, d] = a + at if at < b - a else -1
 
 
 @njit(cache=True, nogil=True)
@@ -335,6 +341,15 @@ def _four_band_sums(seg: np.ndarray, in0: np.ndarray, in1: np.ndarray, in2: np.n
     return u0, u1, u2, u3
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _day_bands(seg: np.ndarray, mask: np.ndarray, a: int, b: int, n_bands: int, out: np.ndarray) -> None:
+    """out[band] = energy of seg = row[a:b] in each band, four bands a loop (`band_masks`)."""
+    for b0 in range(0, n_bands, 4):
+        u = _four_band_sums(seg, mask[b0, a:b], mask[b0 + 1, a:b], mask[b0 + 2, a:b], mask[b0 + 3, a:b])
+        for j in range(min(4, n_bands - b0)):
+            out[b0 + j] = u[j]
+
+
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
 def band_day_totals(
     matrix: np.ndarray,  # float32 [twins, intervals]
@@ -360,11 +375,34 @@ def band_day_totals(
             a = day_bounds[d]
             b = day_bounds[d + 1]
             _ask_ahead(row, a, b)
-            seg = row[a:b]
-            for b0 in range(0, n_bands, 4):
-                u = _four_band_sums(seg, mask[b0, a:b], mask[b0 + 1, a:b], mask[b0 + 2, a:b], mask[b0 + 3, a:b])
-                for j in range(min(4, n_bands - b0)):
-                    out[m, d, b0 + j] = u[j]
+            _day_bands(row[a:b], mask, a, b, n_bands, out[m, d])
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _add_profile_day(row: np.ndarray, a: int, b: int, regular: bool, c0: int, cell: np.ndarray, sums: np.ndarray,
+                     counts: np.ndarray) -> None:
+    """Add the readings row[a:b] of one day to their cells' sums and counts."""
+    if regular:
+        seg = row[a:b]
+        s = sums[c0:c0 + (b - a)]
+        k = counts[c0:c0 + (b - a)]
+        for i in range(seg.shape[0]):
+            e = seg[i]
+            ok = e == e
+            s[i] += np.float64(e) if ok else 0.0
+            k[i] += 1.0 if ok else 0.0
+    else:  # a DST day: walk its cells one by one
+        for t in range(a, b):
+            e = row[t]
+            if e == e:
+                sums[cell[t]] += e
+                counts[cell[t]] += 1.0
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _profile_row(sums: np.ndarray, counts: np.ndarray, out: np.ndarray) -> None:
+    for c in range(sums.shape[0]):
+        out[c] = sums[c] / counts[c] if counts[c] > 0 else np.nan
 
 
 @njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
@@ -388,24 +426,52 @@ def profile_means(
             a = day_bounds[d]
             b = day_bounds[d + 1]
             _ask_ahead(row, a, b)
-            if day_regular[d]:
-                c0 = day_cell0[d]
-                seg = row[a:b]
-                s = sums[c0:c0 + (b - a)]
-                k = counts[c0:c0 + (b - a)]
-                for i in range(seg.shape[0]):
-                    e = seg[i]
-                    ok = e == e
-                    s[i] += np.float64(e) if ok else 0.0
-                    k[i] += 1.0 if ok else 0.0
-            else:  # a DST day: walk its cells one by one
-                for t in range(a, b):
-                    e = row[t]
-                    if e == e:
-                        sums[cell[t]] += e
-                        counts[cell[t]] += 1.0
-        for c in range(n_cells):
-            out[m, c] = sums[c] / counts[c] if counts[c] > 0 else np.nan
+            _add_profile_day(row, a, b, day_regular[d], day_cell0[d], cell, sums, counts)
+        _profile_row(sums, counts, out[m])
+
+
+@njit(cache=True, nogil=True, parallel=True, fastmath=_FAST)
+def day_band_profile_stats(
+    matrix: np.ndarray,  # float32 [twins, intervals], NaN missing
+    bits: np.ndarray,  # int32 [twins, intervals]: the same memory (matrix.view(np.int32))
+    day_bounds: np.ndarray,  # int64 [days + 1]
+    band: np.ndarray,  # int8 [tariffs, intervals] band in force
+    tariff_of: np.ndarray,  # int64 [twins] row of `band` for each twin
+    n_bands: int,
+    day_cell0: np.ndarray,  # int64 [days]: cell of the day's first interval (weekend * n_slots + slot)
+    day_regular: np.ndarray,  # bool [days]: cells run day_cell0, day_cell0 + 1, ...
+    cell: np.ndarray,  # int64 [intervals]: weekend * n_slots + slot, for irregular days
+    totals: np.ndarray,  # float64 [twins, days] out: as day_stats
+    missing: np.ndarray,  # int32 [twins, days] out
+    peak: np.ndarray,  # float32 [twins, days] out
+    peak_at: np.ndarray,  # int64 [twins, days] out
+    band_out: np.ndarray,  # float64 [twins, days, n_bands] out: as band_day_totals
+    profile_out: np.ndarray,  # float32 [twins, 2 * n_slots] out: as profile_means
+) -> None:
+    """`day_stats`, `band_day_totals` and `profile_means` in one pass: each day of each
+    twin is read from memory once and goes through the same loops as in those kernels
+    while it is in cache, so the results are theirs, bit for bit."""
+    n_days = day_bounds.shape[0] - 1
+    n_cells = profile_out.shape[1]
+    masks = band_masks(band, n_bands)
+    for m in prange(matrix.shape[0]):
+        row = matrix[m]
+        row_bits = bits[m]
+        mask = masks[tariff_of[m]]
+        sums = np.zeros(n_cells)
+        counts = np.zeros(n_cells)
+        for d in range(n_days):
+            a = day_bounds[d]
+            b = day_bounds[d + 1]
+            _ask_ahead(row, a, b)
+            total, gaps, at = _day_figures(row[a:b], row_bits[a:b])
+            totals[m, d] = total
+            missing[m, d] = gaps
+            peak[m, d] = row[a + at] if at < b - a else np.nan
+            peak_at[m, d] = a + at if at < b - a else -1
+            _day_bands(row[a:b], mask, a, b, n_bands, band_out[m, d])
+            _add_profile_day(row, a, b, day_regular[d], day_cell0[d], cell, sums, counts)
+        _profile_row(sums, counts, profile_out[m])
 
 
 # -- kernels over [twins, days] results -----------------------------------------------------
@@ -556,14 +622,10 @@ class BandTotals:
     kwh: np.ndarray  #: float64 [twins, periods, bands]: missing counted as 0
 
 
-def band_totals(matrix: np.ndarray, calendar: Calendar, band: np.ndarray, tariff_of: np.ndarray | None = None,
-                kind: Period = "day", band_names: list[str] | None = None) -> BandTotals:
-    """Split each twin's energy by the time-of-use band in force at each interval's start.
-
-    `band` is int [intervals] (one tariff for all) or int [tariffs, intervals] with
-    `tariff_of` int [twins] choosing the row: `twin.tariffs.price_tables(...).band`
-    with its `band_names`. Needs sub-daily data (see the module docstring)."""
-    energy = _matrix(matrix, calendar)
+def _band_rows(energy: np.ndarray, calendar: Calendar, band: np.ndarray, tariff_of: np.ndarray | None,
+               band_names: list[str] | None) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """`band` as int8 [tariffs, intervals], each twin's row of it, and the band names; the
+    checks of `band_totals`."""
     bands = np.atleast_2d(np.asarray(band)).astype(np.int8)
     if bands.shape[1] != calendar.n_intervals:
         raise ValueError(f"band covers {bands.shape[1]} intervals, the calendar {calendar.n_intervals}")
@@ -575,13 +637,30 @@ def band_totals(matrix: np.ndarray, calendar: Calendar, band: np.ndarray, tariff
         n_bands = max(n_bands, len(band_names))
     if bands.size and bands.min() < 0 or n_bands > MAX_BANDS:
         raise ValueError(f"band indexes must be 0..{MAX_BANDS - 1}")
-    out = np.empty((energy.shape[0], len(calendar.days), n_bands))
-    band_day_totals(energy, calendar.day_bounds, np.ascontiguousarray(bands), rows, n_bands, out)
-    periods = calendar.periods[kind]
-    if kind != "day" and len(periods):
-        out = np.add.reduceat(out, periods.day_bounds[:-1], axis=1)
     names = list(band_names) if band_names else []
     names += [f"band{i}" for i in range(len(names), n_bands)]
+    return np.ascontiguousarray(bands), rows, names
+
+
+def _by_period(by_day: np.ndarray, calendar: Calendar, kind: Period) -> tuple[Periods, np.ndarray]:
+    periods = calendar.periods[kind]
+    if kind != "day" and len(periods):
+        return periods, np.add.reduceat(by_day, periods.day_bounds[:-1], axis=1)
+    return periods, by_day
+
+
+def band_totals(matrix: np.ndarray, calendar: Calendar, band: np.ndarray, tariff_of: np.ndarray | None = None,
+                kind: Period = "day", band_names: list[str] | None = None) -> BandTotals:
+    """Split each twin's energy by the time-of-use band in force at each interval's start.
+
+    `band` is int [intervals] (one tariff for all) or int [tariffs, intervals] with
+    `tariff_of` int [twins] choosing the row: `twin.tariffs.price_tables(...).band`
+    with its `band_names`. Needs sub-daily data (see the module docstring)."""
+    energy = _matrix(matrix, calendar)
+    bands, rows, names = _band_rows(energy, calendar, band, tariff_of, band_names)
+    out = np.empty((energy.shape[0], len(calendar.days), len(names)))
+    band_day_totals(energy, calendar.day_bounds, bands, rows, len(names), out)
+    periods, out = _by_period(out, calendar, kind)
     return BandTotals(periods, names, out)
 
 
@@ -596,18 +675,46 @@ class Profile:
     meters: np.ndarray | None = None  #: int64 [rows, 2, slots]: meters summed (per building only)
 
 
+def _profile_cells(calendar: Calendar) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(day_cell0, day_regular, cell) of `profile_means` for the calendar."""
+    day_weekend = calendar.weekend.astype(np.int64) * calendar.n_slots
+    cell = calendar.slot + np.repeat(day_weekend, np.diff(calendar.day_bounds))
+    return day_weekend + calendar.day_slot0, calendar.day_regular, cell
+
+
 def typical_profile(matrix: np.ndarray, calendar: Calendar, labels: list[str] | None = None) -> Profile:
     """Each twin's mean reading by slot of the local day, weekdays and weekends apart. On a
     DST day the repeated hour adds to its slots twice, the skipped one to none."""
     energy = _matrix(matrix, calendar)
     n_slots = calendar.n_slots
-    day_weekend = calendar.weekend.astype(np.int64) * n_slots
-    cell = calendar.slot + np.repeat(day_weekend, np.diff(calendar.day_bounds))
     out = np.empty((energy.shape[0], 2 * n_slots), dtype=np.float32)
-    profile_means(energy, calendar.day_bounds, day_weekend + calendar.day_slot0, calendar.day_regular, cell,
-                  2 * n_slots, out)
+    profile_means(energy, calendar.day_bounds, *_profile_cells(calendar), 2 * n_slots, out)
     names = labels if labels is not None else [str(i) for i in range(energy.shape[0])]
     return Profile(names, 1440 // n_slots, out.reshape(energy.shape[0], 2, n_slots))
+
+
+def day_band_profile(matrix: np.ndarray, calendar: Calendar, band: np.ndarray, tariff_of: np.ndarray | None = None,
+                     kind: Period = "day", band_names: list[str] | None = None,
+                     labels: list[str] | None = None) -> tuple[PeriodSummary, BandTotals, Profile]:
+    """`day_summary`, `band_totals` and `typical_profile` of the same matrix in one pass
+    over it (each day of each twin read from memory once): the same results, bit for bit,
+    for about the time of the slowest of the three alone. Arguments as theirs."""
+    energy = _matrix(matrix, calendar)
+    bands, rows, names = _band_rows(energy, calendar, band, tariff_of, band_names)
+    n, n_days, n_slots = energy.shape[0], len(calendar.days), calendar.n_slots
+    totals = np.empty((n, n_days))
+    missing = np.empty((n, n_days), dtype=np.int32)
+    peak = np.empty((n, n_days), dtype=np.float32)
+    peak_at = np.empty((n, n_days), dtype=np.int64)
+    by_band = np.empty((n, n_days, len(names)))
+    means = np.empty((n, 2 * n_slots), dtype=np.float32)
+    day_band_profile_stats(energy, energy.view(np.int32), calendar.day_bounds, bands, rows, len(names),
+                           *_profile_cells(calendar), totals, missing, peak, peak_at, by_band, means)
+    days = PeriodSummary(calendar.periods["day"], calendar.start_utc, calendar.interval_s, totals, missing, peak,
+                         peak_at)
+    periods, by_band = _by_period(by_band, calendar, kind)
+    names_of = labels if labels is not None else [str(i) for i in range(n)]
+    return days, BandTotals(periods, names, by_band), Profile(names_of, 1440 // n_slots, means.reshape(n, 2, n_slots))
 
 
 @dataclass(frozen=True, slots=True)
@@ -767,7 +874,7 @@ def utc_label(t: int) -> str:
 
 __all__ = [
     "BandTotals", "Calendar", "EnergyBalance", "PeriodSummary", "Periods", "Profile", "SiteIndex", "YearOnYear",
-    "band_totals", "building_profiles", "calendar_of_history", "daily_totals", "day_summary",
+    "band_totals", "building_profiles", "calendar_of_history", "daily_totals", "day_band_profile", "day_summary",
     "energy_balance", "local_calendar", "period_summary", "site_index", "typical_profile", "utc_label",
     "year_on_year",
 ]
