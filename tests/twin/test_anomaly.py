@@ -41,13 +41,13 @@ DAILY_FOUND = ("offline", "backwards", "jump", "valve_stuck_open")
 # -- kernels against plain references ------------------------------------------------------
 
 
-def _random_matrix(rng: np.random.Generator, n_cols: int, n: int) -> np.ndarray:
+def _random_matrix(rng: np.random.Generator, n_cols: int, n: int, gaps: int = 2) -> np.ndarray:
     m = rng.gamma(1.0, 0.2, size=(n_cols, n)).astype(np.float32)
     for c in range(n_cols):  # runs of zeros and of missing readings, a few negatives
         for _ in range(3):
             a = int(rng.integers(0, n))
             m[c, a:a + int(rng.integers(1, 30))] = 0.0
-        for _ in range(2):
+        for _ in range(gaps):
             a = int(rng.integers(0, n))
             m[c, a:a + int(rng.integers(1, 20))] = np.nan
         m[c, rng.integers(0, n, 2)] = -0.05
@@ -96,13 +96,15 @@ def _ref_day_features(m, bounds, night_slot, slot, spans):
     return outs
 
 
-def test_day_features_matches_a_plain_reference():
+@pytest.mark.parametrize("gaps", [2, 12])
+def test_day_features_matches_a_plain_reference(gaps):
     """Missing counts and runs, zero runs (excused spans, in-day part unless open at
     midnight), negatives, gap-normalised largest reading, totals and night minimum match a
-    loop written the obvious way, runs carried across days."""
+    loop written the obvious way, runs carried across days (few gaps, and many: gaps that
+    run into a day and gaps after them)."""
     rng = np.random.default_rng(1)
     n_days, per_day = 4, 24
-    m = _random_matrix(rng, 7, n_days * per_day)
+    m = _random_matrix(rng, 7, n_days * per_day, gaps)
     bounds = np.arange(n_days + 1, dtype=np.int64) * per_day
     slot = np.tile(np.arange(per_day, dtype=np.int64), n_days)
     night_slot = np.zeros(per_day, dtype=np.bool_)

@@ -70,7 +70,8 @@ def _day_sums(seg: np.ndarray, bits: np.ndarray, first_after_gap: bool) -> tuple
     (sum, missing, readings at or below 0, sum of |negatives|, sort key of the largest
     reading that follows a known one, _LOWEST when none). The first reading follows a gap
     when `first_after_gap`. Integer keys, not a float max, because an integer max that
-    skips NaN vectorises and a float one does not."""
+    skips NaN vectorises and a float one does not. Also the first and the last missing
+    reading's index (n and -1 when none): the gaps' own pass starts and ends there."""
     n = seg.shape[0]
     acc = 0.0
     neg = 0.0
@@ -82,19 +83,26 @@ def _day_sums(seg: np.ndarray, bits: np.ndarray, first_after_gap: bool) -> tuple
         low = np.int32(low + (np.int32(1) if v <= 0 else np.int32(0)))
     miss = np.int32(0)
     top = _LOWEST
+    first = np.int32(n)
+    last = np.int32(-1)
     if n == 0:
-        return acc, miss, low, neg, top
+        return acc, miss, low, neg, top, first, last
     x = bits[0]
     nan = _is_nan(x)
     miss = np.int32(1) if nan else np.int32(0)
     top = _LOWEST if nan or first_after_gap else _sort_key(x)
+    first = np.int32(0) if nan else first
+    last = np.int32(0) if nan else last
     for i in range(1, n):
         x = bits[i]
         nan = _is_nan(x)
         miss = np.int32(miss + (np.int32(1) if nan else np.int32(0)))
         key = _LOWEST if nan or _is_nan(bits[i - 1]) else _sort_key(x)
         top = np.int32(max(top, key))
-    return acc, miss, low, neg, top
+        at = np.int32(i)
+        first = np.int32(min(first, at if nan else np.int32(n)))
+        last = np.int32(max(last, at if nan else np.int32(-1)))
+    return acc, miss, low, neg, top, first, last
 
 
 @njit(cache=True, nogil=True)
@@ -223,23 +231,29 @@ def day_features(
                 continue
             seg = row[lo:hi]
             carried = nan_run  # the gap running into the day, in readings
-            acc, miss, low, neg, top = _day_sums(seg, bits[lo:hi], carried > 0)
+            acc, miss, low, neg, top, first_nan, last_nan = _day_sums(seg, bits[lo:hi], carried > 0)
             peak = np.nan
             if top != _LOWEST:  # back from the key to the float
                 key_buf[0] = top if top >= 0 else (top - 1) ^ _ABS
                 peak = np.float64(value_buf[0])
             best_silent = 0
-            if miss > 0 or carried > 0:  # the gaps: their runs, and the readings that end them
-                for i in range(lo, hi):
-                    v = row[i]
-                    if v != v:
-                        nan_run += 1
-                        best_silent = max(best_silent, nan_run)
-                    elif nan_run > 0:
-                        rate = v / (nan_run + 1)
-                        if not rate <= peak:
-                            peak = rate
-                        nan_run = 0
+            if carried > 0 and first_nan > 0:  # the gap running in ends at the day's first reading
+                rate = row[lo] / (nan_run + 1)
+                if not rate <= peak:
+                    peak = rate
+                nan_run = 0
+            # the gaps: their runs, and the readings that end them (from the first missing
+            # reading to the one after the last)
+            for i in range(lo + first_nan, min(hi, lo + last_nan + 2)):
+                v = row[i]
+                if v != v:
+                    nan_run += 1
+                    best_silent = max(best_silent, nan_run)
+                elif nan_run > 0:
+                    rate = v / (nan_run + 1)
+                    if not rate <= peak:
+                        peak = rate
+                    nan_run = 0
             best_zero = 0
             if low == 0:
                 zeros = 0
