@@ -246,8 +246,9 @@ def supply_cut(view: DetectView, meters: np.ndarray, row: dict[int, int] | None 
 def _by_group_median(values: np.ndarray, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
     """Per meter-day: the median and MAD of `values` over the meters of its group that day
     (NaN for meters in no group)."""
-    med = np.full_like(values, np.nan)
-    mad = np.full_like(values, np.nan)
+    every = layout.group_rows.size == values.shape[0]  # the kernel writes the rows of every group
+    med = np.empty_like(values) if every else np.full_like(values, np.nan)
+    mad = np.empty_like(values) if every else np.full_like(values, np.nan)
     k.group_median_mad(np.ascontiguousarray(values), layout.group_ptr, layout.group_rows, med, mad)
     return med, mad
 
