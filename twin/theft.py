@@ -202,9 +202,11 @@ def _balance(view: DetectView, layout: _Layout) -> tuple[np.ndarray, np.ndarray]
     fitted = np.isfinite(a)
     k.balance_residual(master, fed, np.where(fitted, a, 0.0), np.where(fitted, slope_c, 0.0), residual)
     residual[~fitted] = np.nan
-    daily = np.add.reduceat(np.nan_to_num(residual), view.calendar.day_bounds[:-1], axis=1) \
-        if len(view.calendar.days) else np.zeros((len(masters), 0))
-    return residual, daily
+    if not len(view.calendar.days):
+        return residual, np.zeros((len(masters), 0))
+    filled = np.empty_like(residual)
+    ks.nan_to_num(residual, filled)
+    return residual, np.add.reduceat(filled, view.calendar.day_bounds[:-1], axis=1)
 
 
 def _z(values: np.ndarray, floor: float) -> np.ndarray:
@@ -380,7 +382,7 @@ def theft_scores(view: DetectView) -> dict[str, DayScores]:
     layout = _layout(view.topology)
     f = _features(view, layout)
     scores = np.full((view.matrix.shape[0], len(view.calendar.days)), np.nan, dtype=np.float32)
-    scores[f.meters] = f.score.astype(np.float32)
+    scores[f.meters] = f.score  # cast to float32 as astype does
     row_of = layout.row_of
 
     def evidence(column: int, day: int) -> str:

@@ -238,6 +238,15 @@ def test_the_first_term_wins_a_tie_and_nan_never_scores() -> None:
     assert np.isnan(out[2]).all() and out[3].tolist() == [[-1, -1]]
 
 
+@pytest.mark.parametrize("shape", SHAPES)
+def test_nan_to_num_is_numpys(shape: tuple[int, int]) -> None:
+    """nan_to_num: NaN 0, infinities the largest finite floats, the rest (both zeros) as is."""
+    values = mixed(np.random.default_rng(shape[0] + 10 * shape[1]), shape, special=0.6)
+    got = np.empty(shape)
+    ks.nan_to_num(values, got)
+    same_bits(got, np.nan_to_num(values))
+
+
 @pytest.mark.parametrize("n_days", [0, 1, 2, 3, 4, 5, 7, 8, 30, 31])
 def test_fit_medians_are_numpy_quantile_and_median(n_days: int) -> None:
     """Per master, the medians of a and c over the days whose rms is at or below the 0.25

@@ -15,7 +15,8 @@ float64 [meters, days] unless said; meters are split across threads.
 - `pattern_terms`: ZERO, CV_LOW, LAG and SHAPE finished, and the largest pattern z;
 - `balance_score`: BAL's z against its neighbours and its run, the joint term, the onset
   term, and the score with the term that gave it;
-- `fit_medians`: per master, the median line fit of its cleanest quarter of days.
+- `fit_medians`: per master, the median line fit of its cleanest quarter of days;
+- `nan_to_num`: np.nan_to_num in one pass (the masters' residual before its day sums).
 """
 
 from __future__ import annotations
@@ -218,6 +219,17 @@ def balance_score(
             source[j, d] = src
 
 
+@njit(cache=True, nogil=True, parallel=True)
+def nan_to_num(
+    values: np.ndarray,  # float64 [rows, n]
+    out: np.ndarray,  # float64 [rows, n] out
+) -> None:
+    """np.nan_to_num of values: NaN as 0, an infinity as the largest finite float."""
+    for j in prange(values.shape[0]):
+        for t in range(values.shape[1]):
+            out[j, t] = _nan_to_num(values[j, t])
+
+
 @njit(cache=True, nogil=True)
 def _median(values: np.ndarray) -> float:
     """np.median of values (sorted in place): NaN if one is, else the mean of the middle one
@@ -279,4 +291,4 @@ def fit_medians(
             c_out[g] = _median(kept_c[:m])
 
 
-__all__ = ["balance_score", "drop_run", "fit_medians", "pattern_terms", "trailing_run"]
+__all__ = ["balance_score", "drop_run", "fit_medians", "nan_to_num", "pattern_terms", "trailing_run"]
