@@ -105,6 +105,9 @@ def test_day_features_matches_a_plain_reference(gaps):
     rng = np.random.default_rng(1)
     n_days, per_day = 4, 24
     m = _random_matrix(rng, 7, n_days * per_day, gaps)
+    m[0, 30], m[0, 31], m[0, 40] = np.nan, 50.0, 9.0  # the day's largest follows a gap (divided: 25)
+    m[1, 47], m[1, 48], m[1, 60] = np.nan, 50.0, 9.0  # the same, the gap running in from the day before
+    m[4, 50:52], m[4, 52], m[4, 53] = np.nan, 27.0, 9.0  # a tie: 27 / 3 after the gap, 9 after a reading
     bounds = np.arange(n_days + 1, dtype=np.int64) * per_day
     slot = np.tile(np.arange(per_day, dtype=np.int64), n_days)
     night_slot = np.zeros(per_day, dtype=np.bool_)

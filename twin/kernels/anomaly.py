@@ -65,13 +65,13 @@ def _is_nan(x: np.int32) -> bool:
 
 
 @njit(cache=True, nogil=True, fastmath=_FAST)
-def _day_sums(seg: np.ndarray, bits: np.ndarray, first_after_gap: bool) -> tuple:  # type: ignore[type-arg]
+def _day_sums(seg: np.ndarray, bits: np.ndarray) -> tuple:  # type: ignore[type-arg]
     """Two branch-free passes over a day's readings (`bits` is the same memory as int32):
     (sum, missing, readings at or below 0, sum of |negatives|, sort key of the largest
-    reading that follows a known one, _LOWEST when none). The first reading follows a gap
-    when `first_after_gap`. Integer keys, not a float max, because an integer max that
-    skips NaN vectorises and a float one does not. Also the first and the last missing
-    reading's index (n and -1 when none): the gaps' own pass starts and ends there."""
+    reading, _LOWEST when none, the first and the last missing reading's index: n and -1
+    when none). Integer keys, not a float max, because an integer max that skips NaN
+    vectorises and a float one does not. The largest reading here may follow a gap, where
+    day_features wants it divided: the gaps' pass checks that."""
     n = seg.shape[0]
     acc = 0.0
     neg = 0.0
@@ -85,24 +85,29 @@ def _day_sums(seg: np.ndarray, bits: np.ndarray, first_after_gap: bool) -> tuple
     top = _LOWEST
     first = np.int32(n)
     last = np.int32(-1)
-    if n == 0:
-        return acc, miss, low, neg, top, first, last
-    x = bits[0]
-    nan = _is_nan(x)
-    miss = np.int32(1) if nan else np.int32(0)
-    top = _LOWEST if nan or first_after_gap else _sort_key(x)
-    first = np.int32(0) if nan else first
-    last = np.int32(0) if nan else last
-    for i in range(1, n):
+    for i in range(n):
         x = bits[i]
         nan = _is_nan(x)
         miss = np.int32(miss + (np.int32(1) if nan else np.int32(0)))
-        key = _LOWEST if nan or _is_nan(bits[i - 1]) else _sort_key(x)
-        top = np.int32(max(top, key))
+        top = np.int32(max(top, _LOWEST if nan else _sort_key(x)))
         at = np.int32(i)
         first = np.int32(min(first, at if nan else np.int32(n)))
         last = np.int32(max(last, at if nan else np.int32(-1)))
     return acc, miss, low, neg, top, first, last
+
+
+@njit(cache=True, nogil=True)
+def _top_after_known(bits: np.ndarray, first_after_gap: bool) -> np.int32:
+    """Sort key of the largest reading of the day that follows a known one (_LOWEST when
+    none); the first follows a gap when `first_after_gap`. Needed only when the largest
+    reading follows a gap."""
+    top = _LOWEST
+    for i in range(bits.shape[0]):
+        x = bits[i]
+        after_gap = first_after_gap if i == 0 else _is_nan(bits[i - 1])
+        if not (_is_nan(x) or after_gap):
+            top = np.int32(max(top, _sort_key(x)))
+    return top
 
 
 @njit(cache=True, nogil=True)
@@ -205,8 +210,10 @@ def day_features(
     zero at midnight is. A missing reading or an excused interval ends a zero run.
 
     Speed: every day takes one branch-free pass (`_day_sums`: sums, counts, the largest
-    reading that follows a known one); a day with a gap, or one a gap runs into, adds a
-    tight pass over its gaps only (their runs, and the readings after them); a day with a
+    reading, where the first and the last gap are); a day with a gap, or one a gap runs
+    into, adds a tight pass over its gaps only (their runs, and the readings after them;
+    and, when the largest reading is one of those, a pass for the largest of the others,
+    `_top_after_known`); a day with a
     reading at or below 0 adds one for its zero runs. Twins with excused spans go reading
     by reading (`_exact_day`)."""
     n_twins = matrix.shape[0]
@@ -231,16 +238,13 @@ def day_features(
                 continue
             seg = row[lo:hi]
             carried = nan_run  # the gap running into the day, in readings
-            acc, miss, low, neg, top, first_nan, last_nan = _day_sums(seg, bits[lo:hi], carried > 0)
-            peak = np.nan
-            if top != _LOWEST:  # back from the key to the float
-                key_buf[0] = top if top >= 0 else (top - 1) ^ _ABS
-                peak = np.float64(value_buf[0])
+            acc, miss, low, neg, top, first_nan, last_nan = _day_sums(seg, bits[lo:hi])
             best_silent = 0
+            gap_peak = np.nan  # the largest reading after a gap, divided (the first of equals)
+            top_after_gap = False  # the day's largest reading follows a gap
             if carried > 0 and first_nan > 0:  # the gap running in ends at the day's first reading
-                rate = row[lo] / (nan_run + 1)
-                if not rate <= peak:
-                    peak = rate
+                gap_peak = row[lo] / (nan_run + 1)
+                top_after_gap = _sort_key(bits[lo]) == top
                 nan_run = 0
             # the gaps: their runs, and the readings that end them (from the first missing
             # reading to the one after the last)
@@ -251,9 +255,18 @@ def day_features(
                     best_silent = max(best_silent, nan_run)
                 elif nan_run > 0:
                     rate = v / (nan_run + 1)
-                    if not rate <= peak:
-                        peak = rate
+                    if not rate <= gap_peak:
+                        gap_peak = rate
+                    top_after_gap |= _sort_key(bits[i]) == top
                     nan_run = 0
+            if top_after_gap:  # rare: the largest of the readings that follow a known one
+                top = _top_after_known(bits[lo:hi], carried > 0)
+            peak = np.nan
+            if top != _LOWEST:  # back from the key to the float
+                key_buf[0] = top if top >= 0 else (top - 1) ^ _ABS
+                peak = np.float64(value_buf[0])
+            if gap_peak == gap_peak and not gap_peak <= peak:
+                peak = gap_peak
             best_zero = 0
             if low == 0:
                 zeros = 0
