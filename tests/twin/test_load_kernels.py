@@ -291,7 +291,8 @@ def test_band_split_with_more_than_four_bands():
 
 def test_band_split_keeps_an_infinite_reading_in_its_band():
     """An infinite reading makes its own band's total infinite and leaves the other bands'
-    totals of that day as they were (a band is a lane select, not a multiply by 0 or 1)."""
+    totals of that day as they were (0 * inf, the product of a reading and another band's
+    mask, does not leak in)."""
     start, n = utc("Asia/Shanghai", 2026, 5, 1), 96 * 2
     matrix = random_matrix(4, 5, n)
     band = (np.arange(n) // 10 % 4).astype(np.int8)

@@ -312,38 +312,59 @@ def day_stats(
 
 @njit(cache=True, nogil=True)
 def band_masks(band: np.ndarray, n_bands: int) -> np.ndarray:
-    """bool [tariffs, bands rounded up to 4, intervals]: whether each band is in force at each
-    interval, per tariff row of `band` (int [tariffs, intervals]); bands past `n_bands` are
-    never in force."""
+    """float64 [tariffs, bands rounded up to 4, intervals]: 1.0 where a band is in force at
+    an interval, else 0.0, per tariff row of `band` (int [tariffs, intervals]); bands past
+    `n_bands` are never in force."""
     n_rows, n_int = band.shape
-    masks = np.zeros((n_rows, (max(n_bands, 1) + 3) // 4 * 4, n_int), dtype=np.bool_)
+    masks = np.zeros((n_rows, (max(n_bands, 1) + 3) // 4 * 4, n_int))
     for r in range(n_rows):
         for t in range(n_int):
             if band[r, t] < n_bands:
-                masks[r, band[r, t], t] = True
+                masks[r, band[r, t], t] = 1.0
     return masks
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _four_band_sums(seg: np.ndarray, in0: np.ndarray, in1: np.ndarray, in2: np.ndarray,
                     in3: np.ndarray) -> tuple[float, float, float, float]:
-    """Sums of seg (missing as 0) where each of four band masks is set: one vectorised
-    loop, a masked add per band and reading (no branch, so an infinite reading stays in
-    its band)."""
+    """Sums of seg (missing as 0) where each of four band masks (`band_masks`) is 1: one
+    vectorised loop, a multiply-add by the mask per band and reading. A product 0 * inf
+    would turn the other bands NaN, so a day with an infinite reading is summed again with
+    a select per band and reading instead (the same sums, slower)."""
     u0 = u1 = u2 = u3 = 0.0
     for i in range(seg.shape[0]):
         e = seg[i]
         x = np.float64(e) if e == e else 0.0
-        u0 += x if in0[i] else 0.0
-        u1 += x if in1[i] else 0.0
-        u2 += x if in2[i] else 0.0
-        u3 += x if in3[i] else 0.0
+        u0 += x * in0[i]
+        u1 += x * in1[i]
+        u2 += x * in2[i]
+        u3 += x * in3[i]
+    if u0 == u0 and u1 == u1 and u2 == u2 and u3 == u3:
+        return u0, u1, u2, u3
+    u0 = u1 = u2 = u3 = 0.0
+    for i in range(seg.shape[0]):
+        e = seg[i]
+        x = np.float64(e) if e == e else 0.0
+        u0 += x if in0[i] != 0.0 else 0.0
+        u1 += x if in1[i] != 0.0 else 0.0
+        u2 += x if in2[i] != 0.0 else 0.0
+        u3 += x if in3[i] != 0.0 else 0.0
     return u0, u1, u2, u3
 
 
 @njit(cache=True, nogil=True, inline="always")
 def _day_bands(seg: np.ndarray, mask: np.ndarray, a: int, b: int, n_bands: int, out: np.ndarray) -> None:
     """out[band] = energy of seg = row[a:b] in each band, four bands a loop (`band_masks`)."""
+    if n_bands <= 4:  # 尖峰平谷: one loop, no loop over the results
+        u0, u1, u2, u3 = _four_band_sums(seg, mask[0, a:b], mask[1, a:b], mask[2, a:b], mask[3, a:b])
+        out[0] = u0
+        if n_bands > 1:
+            out[1] = u1
+        if n_bands > 2:
+            out[2] = u2
+        if n_bands > 3:
+            out[3] = u3
+        return
     for b0 in range(0, n_bands, 4):
         u = _four_band_sums(seg, mask[b0, a:b], mask[b0 + 1, a:b], mask[b0 + 2, a:b], mask[b0 + 3, a:b])
         for j in range(min(4, n_bands - b0)):
@@ -361,7 +382,7 @@ def band_day_totals(
 ) -> None:
     """Per twin, local day and time-of-use band: the energy measured in that band.
 
-    Speed: each day's readings are summed once per four bands, each band a lane select on
+    Speed: each day's readings are summed once per four bands, each band a multiply-add by
     a mask of where it is in force (`band_masks`), in one vectorised loop over the day;
     how the bands fall (runs of hours, or a change every interval) does not matter. A sum
     per band and day adds its readings in the vectoriser's order (as `day_stats` does), not
