@@ -11,7 +11,9 @@ all analytics and detectors together is 20 times it). The steps:
 - band split: energy per meter, day and band of a 4-band time-of-use tariff (one pass);
 - profile: typical day per meter, weekdays and weekends (one pass), and per building;
 - year on year: months against last year per meter and per building (from the day summary);
-- energy balance: each master against what it feeds, by day (from the day summary).
+- energy balance: each master against what it feeds, by day (from the day summary);
+- the day summary, the band split and the typical day per meter in one pass
+  (`day_band_profile`), and all the analytics with it instead of the three passes.
 
 Numba kernels run on all cores numba sees (the note says how many). With
 METERTWIN_BENCH_QUICK=1: 20,000 meters.
@@ -109,6 +111,16 @@ def run(report: Report) -> None:
         load.year_on_year(whole, cal, site, by_building=True)
         load.energy_balance(whole, site)
 
+    def everything_one_pass() -> None:
+        whole, _, typical = load.day_band_profile(matrix, cal, band)
+        for kind in ("week", "month", "year"):
+            summary = load.period_summary(whole, cal, kind)
+            summary.load_factor, summary.peak_kw, summary.peak_utc  # noqa: B018
+        load.building_profiles(typical, site)
+        load.year_on_year(whole, cal, site)
+        load.year_on_year(whole, cal, site, by_building=True)
+        load.energy_balance(whole, site)
+
     steps: list[tuple[str, Callable[[], object], str]] = [
         ("day summary (totals, missing, peaks)", lambda: load.day_summary(matrix, cal), "one pass; goal <= 2-3"),
         ("week/month/year roll-ups + load factor", periods, "from the day summary"),
@@ -116,8 +128,11 @@ def run(report: Report) -> None:
         ("typical day per meter + per building", profile, "one pass; goal <= 2-3"),
         ("month vs last year, meters + buildings", year_on_year, "from the day summary"),
         ("energy balance by day, 1,000 masters", lambda: load.energy_balance(days, site), "from the day summary"),
+        ("day summary + band split + profile", lambda: load.day_band_profile(matrix, cal, band),
+         "one pass for the three"),
         ("all load analytics together", everything, "three passes; issue goal for all analytics "
                                                     "and detectors <= 20"),
+        ("all load analytics, one pass", everything_one_pass, "day_band_profile for the three passes"),
     ]
     size = f"{meters:,} x {intervals:,} float32, {matrix.nbytes / 1e9:.2f} GB; {numba.get_num_threads()} threads"
     if quick():
