@@ -225,6 +225,25 @@ def test_balance_score_on_any_values(data: st.DataObject, shape: tuple[int, int]
         same_bits(got_x, want_x)
 
 
+def test_balance_score_over_groups_sharing_a_mad() -> None:
+    """The scale worked out once for a run of rows with the same MAD that day (a group's
+    meters) is the scale of each: the numpy code's numbers over more rows than one task
+    takes, groups of 7 to 130 meters, NaN and zero MADs among them."""
+    rng = np.random.default_rng(11)
+    sizes = rng.integers(7, 130, size=12)
+    day_mad = np.abs(mixed(rng, (sizes.size, 5)))
+    mad = np.repeat(day_mad, sizes, axis=0)
+    shape = mad.shape
+    bal, med, onset, drop, zero, cv, cv_low, lag, shape_z = (mixed(rng, shape) for _ in range(9))
+    z = {"drop": drop, "zero": zero, "cv_high": cv, "cv_low": cv_low, "lag": lag, "shape": shape_z}
+    want = ref_balance_score(bal, med, mad, z, onset)
+    out = [np.empty(shape), np.empty(shape), np.empty(shape), np.empty(shape, dtype=np.int64)]
+    ks.balance_score(bal, med, mad, FLOORS["bal"], BAL_CAP, RUN_DAYS, np.array([WEIGHTS[p] for p in PATTERN]),
+                     drop, zero, cv, cv_low, lag, shape_z, onset, ONSET_WEIGHT, *out)
+    for got_x, want_x in zip(out, want, strict=True):
+        same_bits(got_x, want_x)
+
+
 def test_the_first_term_wins_a_tie_and_nan_never_scores() -> None:
     """Equal terms give the first one's index; a meter-day of NaN terms only scores NaN, -1."""
     one = np.ones((1, 2))

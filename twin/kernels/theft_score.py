@@ -156,6 +156,14 @@ def pattern_terms(
             pattern[j, d] = _fmax(_fmax(_fmax(_fmax(z0, c), low), lg), sh)
 
 
+@njit(cache=True, nogil=True)
+def _pick(term: float, i: int, best: float, src: int) -> tuple[float, int]:
+    """The term and its index when it beats the best so far (NaN never does; a tie keeps
+    the earlier), else the best so far."""
+    better = term > best
+    return (term if better else best), (i if better else src)
+
+
 @njit(cache=True, nogil=True, parallel=True)
 def balance_score(
     bal: np.ndarray,  # float64 [meters, days]: BAL_CORR
@@ -182,41 +190,36 @@ def balance_score(
     of the weighted pattern terms, the joint term `(BAL + max(DROP, 0)) / sqrt(2)` where
     BAL > 0 (DROP NaN as 0), and the weighted onset; the first term wins a tie."""
     n_days = bal.shape[1]
+    n_rows = bal.shape[0]
     root2 = math.sqrt(2.0)
-    for j in prange(bal.shape[0]):
-        zb = z_bal[j]
-        for d in range(n_days):
-            zb[d] = _minimum((bal[j, d] - med[j, d]) / math.hypot(1.4826 * mad[j, d], floor), cap)
-        _run_row(zb, days, zb)
-        for d in range(n_days):
-            b = zb[d]
-            joint = (b + _maximum(_nan_to_num(drop[j, d]), 0.0)) / root2 if b > 0 else np.nan
-            late = onset_weight * onset[j, d]
-            z_onset[j, d] = late
-            best = -np.inf
-            src = -1
-            for i in range(8):
-                if i == 0:
-                    term = weights[0] * drop[j, d]
-                elif i == 1:
-                    term = weights[1] * zero[j, d]
-                elif i == 2:
-                    term = weights[2] * cv_high[j, d]
-                elif i == 3:
-                    term = weights[3] * cv_low[j, d]
-                elif i == 4:
-                    term = weights[4] * lag[j, d]
-                elif i == 5:
-                    term = weights[5] * shape[j, d]
-                elif i == 6:
-                    term = joint
-                else:
-                    term = late
-                if term > best:  # NaN never is
-                    best = term
-                    src = i
-            score[j, d] = best if src >= 0 else np.nan
-            source[j, d] = src
+    chunk = 256  # rows per task: a group's meters share one MAD a day, so its scale is reused
+    for c in prange((n_rows + chunk - 1) // chunk):
+        last_mad = np.full(n_days, np.nan)  # never equal: the first row works it out
+        last_scale = np.empty(n_days)
+        for j in range(c * chunk, min(n_rows, (c + 1) * chunk)):
+            zb = z_bal[j]
+            for d in range(n_days):
+                m = mad[j, d]
+                if m != last_mad[d]:  # an equal MAD has the same scale (hypot ignores a zero's sign)
+                    last_mad[d] = m
+                    last_scale[d] = math.hypot(1.4826 * m, floor)
+                zb[d] = _minimum((bal[j, d] - med[j, d]) / last_scale[d], cap)
+            _run_row(zb, days, zb)
+            for d in range(n_days):
+                b = zb[d]
+                joint = (b + _maximum(_nan_to_num(drop[j, d]), 0.0)) / root2 if b > 0 else np.nan
+                late = onset_weight * onset[j, d]
+                z_onset[j, d] = late
+                best, src = _pick(weights[0] * drop[j, d], 0, -np.inf, -1)
+                best, src = _pick(weights[1] * zero[j, d], 1, best, src)
+                best, src = _pick(weights[2] * cv_high[j, d], 2, best, src)
+                best, src = _pick(weights[3] * cv_low[j, d], 3, best, src)
+                best, src = _pick(weights[4] * lag[j, d], 4, best, src)
+                best, src = _pick(weights[5] * shape[j, d], 5, best, src)
+                best, src = _pick(joint, 6, best, src)
+                best, src = _pick(late, 7, best, src)
+                score[j, d] = best if src >= 0 else np.nan
+                source[j, d] = src
 
 
 @njit(cache=True, nogil=True, parallel=True)
