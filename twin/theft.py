@@ -37,6 +37,12 @@ a fall in the total and an off run on the days they cover.
 
 Only electric sub-meters are scored (the thefts of Jokar et al. act on electricity
 meters); every other column is NaN.
+
+Speed: the features and z-scores come from the kernels of `twin.kernels.theft` and
+`twin.kernels.theft_features`; the steps above that combine them per meter-day run in
+`twin.kernels.theft_score`, the numbers of the numpy expressions they replaced bit for bit.
+What a topology's columns say (the meters scored, masters and feeds, peer groups, room
+water) is worked out once per topology (`_layout`) and kept while its columns stay the same.
 """
 
 from __future__ import annotations
