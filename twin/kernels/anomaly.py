@@ -490,34 +490,31 @@ def drift_ratios(
 def _shift_row(adjusted: np.ndarray, baseline_days: int, sustain_days: int, min_base: float, min_days: int,
                window: np.ndarray, low: np.ndarray, high: np.ndarray) -> None:
     """shift_ratios of one twin: `adjusted` [days] in, `low` and `high` [days] out, `window`
-    scratch of at least max(baseline_days, 1) values."""
+    scratch of at least max(baseline_days, 1) values. A day whose last sustain_days are not
+    all read scores nothing, so it is checked first; the baseline (sorted) is built only for
+    a day that passes."""
     n_days = adjusted.shape[0]
-    n = 0
     for d in range(n_days):
         first = d - sustain_days + 1
         low[d] = np.nan
         high[d] = np.nan
         if first - 1 < 0:
             continue
-        # slide the window to days [first - baseline_days, first): one day in, one out
-        v = adjusted[first - 1]
-        if v == v and baseline_days > 0:
-            i = n
-            while i > 0 and window[i - 1] > v:
-                window[i] = window[i - 1]
-                i -= 1
-            window[i] = v
-            n += 1
-        gone = first - 1 - baseline_days
-        if gone >= 0:
-            v = adjusted[gone]
+        read = True
+        for k in range(first, d + 1):
+            read &= adjusted[k] == adjusted[k]
+        if not read:
+            continue
+        n = 0  # the baseline days [first - baseline_days, first) that were read, sorted
+        for b in range(max(0, first - baseline_days), first):
+            v = adjusted[b]
             if v == v:
-                i = 0
-                while window[i] != v:
-                    i += 1
-                for t in range(i, n - 1):
-                    window[t] = window[t + 1]
-                n -= 1
+                i = n
+                while i > 0 and window[i - 1] > v:
+                    window[i] = window[i - 1]
+                    i -= 1
+                window[i] = v
+                n += 1
         if n < max(min_days, 1):
             continue
         h = n // 2
