@@ -251,13 +251,13 @@ def supply_cut(view: DetectView, meters: np.ndarray, row: dict[int, int] | None 
     return out
 
 
-def _by_group_median(values: np.ndarray, layout: _Layout) -> tuple[np.ndarray, np.ndarray]:
+def _by_group_median(values: np.ndarray, layout: _Layout, with_mad: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Per meter-day: the median and MAD of `values` over the meters of its group that day
-    (NaN for meters in no group)."""
+    (NaN for meters in no group); without `with_mad` the MAD is an empty array."""
     every = layout.group_rows.size == values.shape[0]  # the kernel writes the rows of every group
     med = np.empty_like(values) if every else np.full_like(values, np.nan)
-    mad = np.empty_like(values) if every else np.full_like(values, np.nan)
-    k.group_median_mad(np.ascontiguousarray(values), layout.group_ptr, layout.group_rows, med, mad)
+    mad = (np.empty_like(values) if every else np.full_like(values, np.nan)) if with_mad else np.empty((0, 0))
+    k.group_median_mad(np.ascontiguousarray(values), layout.group_ptr, layout.group_rows, med, mad, with_mad)
     return med, mad
 
 
@@ -349,7 +349,7 @@ def _features(view: DetectView, layout: _Layout) -> TheftFeatures:
     cut = supply_cut(view, meters, layout.row_of)
     total = np.maximum(raw[k.TOTAL], 0.0)
     drop, log_base = _drop_z(view, layout.water, total)
-    peer, _ = _by_group_median(drop, layout)
+    peer, _ = _by_group_median(drop, layout, with_mad=False)
     with_none = np.full((daily_loss.shape[0] + 1, n_days), np.nan)  # its last row: meters without a master
     with_none[:-1] = daily_loss
     loss = with_none[rrow]

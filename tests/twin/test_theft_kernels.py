@@ -280,6 +280,10 @@ def test_group_median_mad_by_quickselect_matches_numpy(size: int) -> None:
             d = np.nanmedian(np.abs(v[rows] - m), axis=0)
         assert np.array_equal(med[rows], np.broadcast_to(m, (rows.size, 6)), equal_nan=True)
         assert np.array_equal(mad[rows], np.broadcast_to(d, (rows.size, 6)), equal_nan=True)
+    only, untouched = np.empty_like(v), np.full_like(v, 7.0)  # the medians alone: the same, mad_out left as it was
+    k.group_median_mad(v, ptr, order, only, untouched, False)
+    assert np.array_equal(only, med, equal_nan=True)
+    assert (untouched == 7.0).all()
 
 
 class _nothing:

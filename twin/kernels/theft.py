@@ -733,7 +733,8 @@ def group_median_mad(
     group_ptr: np.ndarray,  # int64 [groups + 1]: CSR offsets into group_rows
     group_rows: np.ndarray,  # int64 [members]: rows of `values` in each group
     median_out: np.ndarray,  # float64 [meters, days] out: median of the meter's group that day (NaN skipped)
-    mad_out: np.ndarray,  # float64 [meters, days] out: its median absolute deviation
+    mad_out: np.ndarray,  # float64 [meters, days] out: its median absolute deviation (left as it is without with_mad)
+    with_mad: bool = True,  # False: the medians only (a peer median), mad_out untouched
 ) -> None:
     """Per meter-day, the median and MAD over the meters of its group that day; rows in no
     group stay as they are (fill them before)."""
@@ -754,12 +755,15 @@ def group_median_mad(
             mad = np.nan
             if n:
                 med = _median_select(buf, n)
-                for k in range(n):
-                    dev[k] = abs(buf[k] - med)
-                mad = _median_select(dev, n)
+                if with_mad:
+                    for k in range(n):
+                        dev[k] = abs(buf[k] - med)
+                    mad = _median_select(dev, n)
             for k in range(a, b):
                 median_out[group_rows[k], d] = med
-                mad_out[group_rows[k], d] = mad
+            if with_mad:
+                for k in range(a, b):
+                    mad_out[group_rows[k], d] = mad
 
 
 __all__ = ["BAL_CORR", "CV", "FEATURES", "LAG1", "PROFILE_CORR", "TOTAL", "ZERO_H", "ZERO_KWH",
