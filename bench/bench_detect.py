@@ -3,7 +3,9 @@
 Figures: 100,000 meters x 2,880 intervals (30 days at 15 minutes, float32, ~1% missing),
 1,000 buildings of a master meter and 99 sub-meters (bench_load's fleet): the theft score
 (`twin.theft.theft_scores`), the anomaly scores (`twin.anomaly.anomaly_scores`, when that
-module exists), the load analytics of bench_load together, and all of them in one go,
+module exists), the load analytics of bench_load together (day totals, time-of-use bands and
+the typical day from one pass, `twin.kernels.load.day_band_profile`; periods, building
+profiles, year on year and the energy balance from its results), and all of them in one go,
 each against single-threaded `numpy.sum` over the same array in the same run. Issue 7's
 goal: all analytics and detectors at most 20 times numpy.sum. With METERTWIN_BENCH_QUICK=1:
 20,000 meters.
@@ -56,13 +58,12 @@ def run(report: Report) -> None:
     numpy_s = numpy_cpu = float("inf")
     anomaly_scores = optional_anomaly_scores()
 
-    def analytics() -> None:
-        whole = load.day_summary(matrix, cal)
+    def analytics() -> None:  # day totals, bands and the typical day in one pass (load.day_band_profile)
+        whole, _, typical = load.day_band_profile(matrix, cal, band)
         for kind in ("week", "month", "year"):
             summary = load.period_summary(whole, cal, kind)
             summary.load_factor, summary.peak_kw, summary.peak_utc  # noqa: B018 - computed when read
-        load.band_totals(matrix, cal, band)
-        load.building_profiles(load.typical_profile(matrix, cal), site)
+        load.building_profiles(typical, site)
         load.year_on_year(whole, cal, site)
         load.year_on_year(whole, cal, site, by_building=True)
         load.energy_balance(whole, site)
