@@ -11,6 +11,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from twin.kernels import theft as k
 from twin.kernels import theft_features as kf
@@ -292,3 +294,15 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> None:
         return None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.one_of(st.floats(-1e3, 1e3, allow_nan=False), st.sampled_from([0.0, 1.0, 2.0])), min_size=1,
+                max_size=60))
+def test_sorted_median_mad_is_numpys_median_and_mad(xs: list[float]) -> None:
+    """The median and MAD of a sorted window (the MAD bisected between the deviations above
+    and below the median) equal numpy's, ties and even sizes included."""
+    x = np.sort(np.array(xs))
+    med, mad = k._sorted_median_mad(x, x.size)
+    assert med == np.median(x)
+    assert mad == np.median(np.abs(x - med))

@@ -563,29 +563,54 @@ def _sorted_remove(buf: np.ndarray, n: int, v: float) -> int:
     return n - 1
 
 
+@njit(cache=True, nogil=True, inline="always")
+def _dev_up(buf: np.ndarray, n: int, hi: int, med: float, i: int) -> float:
+    """The i-th smallest deviation above the median (buf[hi + i] - med); -inf before the
+    first, inf past the last."""
+    if i < 0:
+        return -np.inf
+    return buf[hi + i] - med if hi + i < n else np.inf
+
+
+@njit(cache=True, nogil=True, inline="always")
+def _dev_down(buf: np.ndarray, hi: int, med: float, i: int) -> float:
+    """The i-th smallest deviation below the median (med - buf[hi - 1 - i]); -inf before the
+    first, inf past the last."""
+    if i < 0:
+        return -np.inf
+    return med - buf[hi - 1 - i] if hi - 1 - i >= 0 else np.inf
+
+
 @njit(cache=True, nogil=True)
 def _sorted_median_mad(buf: np.ndarray, n: int) -> tuple[float, float]:
     """(median, median absolute deviation) of the sorted buf[:n], n >= 1, without sorting the
-    deviations: those below the median and those above it are each already in order, so the
-    middle of both is found by merging the two runs outwards from the median (branch-free
-    steps, as in _merge_in)."""
+    deviations: those above the median (buf[hi:] - med) and those below it (med -
+    buf[:hi][::-1]) are each already in order, so the middle one (and the one before, for
+    an even n) is the k-th of two sorted runs, found by bisecting on how many the first run
+    gives (log steps, not a merge of half the values)."""
     h = n // 2
     med = buf[h] if n % 2 else 0.5 * (buf[h - 1] + buf[h])
-    hi = 0  # first index with buf[hi] >= med: the deviations above run up from it, those below down from hi - 1
-    while hi < n and buf[hi] < med:
-        hi += 1
-    lo = hi - 1
-    prev = 0.0
-    cur = 0.0
-    for _ in range(h + 1):  # the h-th smallest deviation (and the one before it)
-        prev = cur
-        up = buf[hi] - med if hi < n else np.inf
-        down = med - buf[lo] if lo >= 0 else np.inf
-        take_up = (up <= down) & (hi < n)
-        cur = up if take_up else down
-        hi += 1 if take_up else 0
-        lo -= 0 if take_up else 1
-    return med, (cur if n % 2 else 0.5 * (prev + cur))
+    hi = h  # first index with buf[hi] >= med (buf[h] >= med): only ties move it down
+    while hi > 0 and buf[hi - 1] >= med:
+        hi -= 1
+    k = h  # the MAD is the k-th smallest deviation (0-based), and the (k - 1)-th for an even n
+    n_up = n - hi
+    lo_i = max(0, k + 1 - hi)  # i: deviations taken from above among the k + 1 smallest
+    hi_i = min(k + 1, n_up)
+    while lo_i < hi_i:
+        i = (lo_i + hi_i) // 2
+        if _dev_up(buf, n, hi, med, i) < _dev_down(buf, hi, med, k - i):  # the (i+1)-th above belongs in
+            lo_i = i + 1
+        else:
+            hi_i = i
+    i = lo_i
+    a = _dev_up(buf, n, hi, med, i - 1)  # the largest taken from above (-inf: none)
+    b = _dev_down(buf, hi, med, k - i)  # the largest taken from below
+    cur = max(a, b)
+    if n % 2:
+        return med, cur
+    prev = max(_dev_up(buf, n, hi, med, i - 2), b) if a >= b else max(a, _dev_down(buf, hi, med, k - i - 1))
+    return med, 0.5 * (prev + cur)
 
 
 @njit(cache=True, nogil=True)
