@@ -35,6 +35,7 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
+from control import analytics_live
 from control.auth import Auth
 from control.batch import TaskBook
 from control.billing import LiveBilling
@@ -233,6 +234,7 @@ class Platform:
         self.stopping = False
         self.topups: TopUpBatcher | None = None
         self.detectors = attach(self)  # anomaly and theft detectors, alarms with evidence
+        self.analytics = analytics_live.attach(self)  # load analytics, energy_loss alarms
         self.warm_up()
         self.clock = SimClock(resume_s, speed)  # the world moves from here, its kernels ready
 
@@ -256,7 +258,7 @@ class Platform:
         timer.start()
         seconds: float | None = None
         try:
-            seconds = warm_up(self, days=self.detectors.window_days)
+            seconds = warm_up(self, days=self.detectors.window_days) + analytics_live.warm_up(self)
         except Exception:  # not fatal: the kernels then compile on first use, as before
             log.exception("kernel warm-up failed")
         finally:
