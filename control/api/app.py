@@ -16,6 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from control.api import (
     accounts,
     alarms,
+    analytics,
     commands,
     consumption,
     cost,
@@ -58,7 +59,7 @@ def create_app(platform: Platform) -> FastAPI:
                               "`Authorization: Bearer mt_...` (an API key) or HTTP Basic (a user).")
     app.state.platform = platform
     for module in (site, overview, twins, history, cost, accounts, commands, alarms, tasks, tariffs, energy,
-                   consumption, simulation, keys):
+                   consumption, simulation, analytics, keys):
         app.include_router(module.router)
     errors.install(app)
     app.mount(DOCS_STATIC, StaticFiles(directory=swagger_ui_dir(), check_dir=False), name="docs-static")

@@ -76,7 +76,7 @@ ROLES: dict[tuple[str, str], str] = {
         "/api/commands", "/api/commands/{command_id}", "/api/alarms", "/api/alarms/{alarm_id}", "/api/tasks",
         "/api/tasks/{task_id}", "/api/tariffs", "/api/tariffs/{name}", "/api/fee-items", "/api/reports/energy",
         "/api/reports/consumption", "/api/reports/income", "/api/reports/orders", "/api/simulation",
-        "/api/simulation/injections")},
+        "/api/simulation/injections", "/api/analytics/buildings", "/api/analytics/buildings/{building_id}")},
     **{("POST", path): "operator" for path in (
         "/api/commands", "/api/commands/batch", "/api/alarms/{alarm_id}/acknowledge", "/api/alarms/{alarm_id}/clear",
         "/api/accounts/{account_id}/topups", "/api/accounts/{account_id}/refunds",
