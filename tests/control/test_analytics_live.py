@@ -254,3 +254,33 @@ def test_before_the_first_day_the_api_says_not_computed_yet(tmp_path):
         assert unknown.status_code == 404
     finally:
         p.close()
+
+
+def test_last_year_is_the_same_dates_a_year_before(tmp_path):
+    """The month's figure a year back sums each building's sub-meters over the same local
+    dates of last year as read from the history (rolled up or not); a span the history does
+    not reach back to is NaN."""
+    from datetime import date
+    from zoneinfo import ZoneInfo
+
+    from control.analytics_live import last_year_totals
+    from twin.history import Column, History, HistoryWriter, Topology
+    from twin.kernels.load import site_index
+
+    tz = "Asia/Shanghai"
+    columns = [Column("B01.mm", "electric_meter", "electric", "kWh", "B01", role="master"),
+               Column("B01-01-01.em", "electric_meter", "electric", "kWh", "B01", 1, master="B01.mm"),
+               Column("B01-01-02.em", "electric_meter", "electric", "kWh", "B01", 1, master="B01.mm")]
+    topology = Topology("LY", tz, 3600, columns)
+    rng = np.random.default_rng(3)
+    blocks = {year: rng.gamma(2.0, 0.5, size=(24 * 7, 3)).astype(np.float32) for year in (2025, 2026)}
+    blocks[2025][5, 1] = np.nan  # a missing reading counts as 0
+    with HistoryWriter(tmp_path / "h", topology) as writer:
+        for year, block in blocks.items():
+            writer.append(int(datetime(year, 3, 1, tzinfo=ZoneInfo(tz)).timestamp()), block)
+    history = History(tmp_path / "h")
+    index = site_index(topology)
+    got = last_year_totals(history, index, date(2026, 3, 2), date(2026, 3, 5), tz)
+    assert index.group_labels == ["B01 electric"]
+    assert got[0] == pytest.approx(np.nansum(blocks[2025][24:24 * 5, 1:].astype(np.float64)), rel=1e-6)
+    assert np.isnan(last_year_totals(history, index, date(2026, 2, 27), date(2026, 3, 5), tz)[0])
