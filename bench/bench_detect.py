@@ -10,6 +10,10 @@ each against single-threaded `numpy.sum` over the same array in the same run. Is
 goal: all analytics and detectors at most 20 times numpy.sum. With METERTWIN_BENCH_QUICK=1:
 20,000 meters.
 
+Freed memory is kept in the process (`twin.memory.keep_freed_memory`), as `metertwin`
+runs: without it each run pays the kernel for fresh pages (about 1.1 s of system time per
+run of everything on this fleet).
+
 The machine is shared, so each step runs after a warm-up (compiles, or loads numba's cache)
 `REPEATS` times with numpy.sum timed again right before it, and the best of each is kept;
 the note gives the load average around the step. Beside each wall time is the process CPU
@@ -34,6 +38,7 @@ from bench.harness import Report, quick
 from control.evaluate import optional_anomaly_scores
 from twin.detect import DetectView
 from twin.kernels import load
+from twin.memory import keep_freed_memory
 from twin.tariffs import parse_tariff, price_tables
 from twin.theft import theft_scores
 
@@ -46,6 +51,7 @@ def load_average() -> str:
 
 
 def run(report: Report) -> None:
+    kept = keep_freed_memory()  # as every metertwin process runs (control.cli.main): see twin/memory.py
     meters, intervals = (20_000 if quick() else 100_000), 30 * 96
     matrix = fleet(meters, intervals)
     topo = topology(meters)
@@ -81,6 +87,8 @@ def run(report: Report) -> None:
     steps += [("load analytics (bench_load, together)", analytics),
               ("all analytics and detectors", everything)]
     size = f"{meters:,} x {intervals:,} float32, {matrix.nbytes / 1e9:.2f} GB; {numba.get_num_threads()} threads"
+    if not kept:
+        size += "; freed memory not kept (no glibc mallopt)"
     if quick():
         size += "; QUICK size"
     if anomaly_scores is None:

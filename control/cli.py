@@ -496,8 +496,10 @@ def cmd_users(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the console script."""
     from scenarios.loader import ScenarioError
+    from twin.memory import keep_freed_memory
 
     args = build_parser().parse_args(argv)
+    keep_freed_memory()  # runs of the detectors reuse the memory the last one freed (twin/memory.py)
     try:
         handlers = {"simulate": cmd_simulate, "run": cmd_run, "keys": cmd_keys, "users": cmd_users, "bill": cmd_bill}
         handler = getattr(args, "handler", None) or handlers[args.command]
