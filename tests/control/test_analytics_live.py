@@ -16,6 +16,7 @@ from control.analytics_live import KIND, LOSS_MIN, SEVERITY, USUAL_MIN_DAYS, los
 from control.api.app import create_app
 from control.auth import Role
 from control.runtime import Platform
+from twin.alarms import Alarm
 from twin.history import open_history
 from twin.kernels.load import EnergyBalance
 
@@ -77,7 +78,7 @@ def clean(tmp_path_factory):
     p.close()
 
 
-def loss_alarms(platform: Platform) -> dict[str, object]:
+def loss_alarms(platform: Platform) -> dict[str | None, Alarm]:
     return {a.twin: a for a in platform.alarms.open_alarms() if a.kind == KIND}
 
 
