@@ -38,6 +38,8 @@ from llvmlite import ir
 from numba import njit, prange, types
 from numba.extending import intrinsic
 
+from twin.kernels.simd import transpose4
+
 #: Fewest pairs of readings per block (hourly data gets 2 blocks, daily none).
 MIN_PAIRS_PER_BLOCK = 12
 #: Most blocks per day (3 hours each at 15 minutes).
@@ -166,6 +168,7 @@ def balance_block_z(
     n_tasks = starts.shape[0] - 1
     for c in prange((n_tasks + per_task - 1) // per_task):
         dx = np.empty(most * LANES)
+        by_lane = np.empty(LANES * most)  # the differences lane by lane, before transposing into dx
         sums = np.empty(n_blocks * _FIELDS * LANES)
         dr = np.empty(most)
         fz = np.empty((n_blocks, LANES))
@@ -173,7 +176,7 @@ def balance_block_z(
         for task in range(c * per_task, min(n_tasks, (c + 1) * per_task)):
             lanes = order[starts[task]:starts[task + 1]]
             _lanes_days(matrix, meters, lanes, residual[residual_row[lanes[0]]], day_bounds, block, n_blocks, dx,
-                        sums, dr, fz, day_out, out, onset)
+                        by_lane, most, sums, dr, fz, day_out, out, onset)
 
 
 @njit(cache=True, nogil=True)
@@ -239,12 +242,13 @@ def _any_blocks(dx: np.ndarray, dr: np.ndarray, day_block: np.ndarray, n: int, s
 
 @njit(cache=True, nogil=True, error_model="numpy")
 def _lanes_days(matrix: np.ndarray, meters: np.ndarray, lanes: np.ndarray, res: np.ndarray, day_bounds: np.ndarray,
-                block: np.ndarray, n_blocks: int, dx: np.ndarray, sums: np.ndarray, dr: np.ndarray, fz: np.ndarray,
-                day_out: np.ndarray, out: np.ndarray, onset: np.ndarray) -> None:
+                block: np.ndarray, n_blocks: int, dx: np.ndarray, by_lane: np.ndarray, most: int, sums: np.ndarray,
+                dr: np.ndarray, fz: np.ndarray, day_out: np.ndarray, out: np.ndarray, onset: np.ndarray) -> None:
     """balance_block_z for up to LANES meters of one master (rows `lanes` of out and
-    onset), day by day: each meter's first differences of the day into dx [pair * LANES +
-    lane] (NaN in unused lanes; a day's buffers stay in L1, a whole row's did not and ran
-    1.5x slower), every lane's block sums [(block * _FIELDS + field) * LANES + lane]
+    onset), day by day: each meter's first differences of the day into its row of by_lane
+    [lane * most + pair], then into dx [pair * LANES + lane] by 4 x 4 tiles (NaN in unused
+    lanes; a day's buffers stay in L1, a whole row's did not and ran 1.5x slower), every
+    lane's block sums [(block * _FIELDS + field) * LANES + lane]
     (_even_blocks, else _any_blocks), then the Fisher z, the windows and the onset
     evidence, each vectorised across the lanes."""
     n_days = day_bounds.shape[0] - 1
@@ -252,15 +256,22 @@ def _lanes_days(matrix: np.ndarray, meters: np.ndarray, lanes: np.ndarray, res: 
     for d in range(n_days):
         a = max(day_bounds[d], 1)  # the first reading of the history has no pair
         n = day_bounds[d + 1] - a
-        for lane in range(w):
+        for lane in range(w):  # each lane's differences in a row of by_lane (contiguous, vectorised)
             row = matrix[meters[lanes[lane]]]
             cur = row[a:a + n]  # slices: indices provably >= 0, no wraparound checks
             prev = row[a - 1:a - 1 + n]
+            own = by_lane[lane * most:lane * most + n]
             for i in range(n):
-                dx[i * LANES + lane] = np.float64(cur[i]) - np.float64(prev[i])
+                own[i] = np.float64(cur[i]) - np.float64(prev[i])
         for lane in range(w, LANES):
-            for i in range(n):
-                dx[i * LANES + lane] = np.nan
+            by_lane[lane * most:lane * most + n] = np.nan
+        n4 = n - n % 4  # rows into lanes, 4 x 4 tiles at a time (twin.kernels.simd: a loop here scatters)
+        for i0 in range(0, n4, 4):
+            for l0 in range(0, LANES, 4):
+                transpose4(by_lane, l0 * most + i0, most, dx, i0 * LANES + l0, LANES)
+        for i in range(n4, n):
+            for lane in range(LANES):
+                dx[i * LANES + lane] = by_lane[lane * most + i]
         res_cur = res[a:a + n]
         res_prev = res[a - 1:a - 1 + n]
         day_block = block[a:a + n]
