@@ -306,3 +306,19 @@ def test_sorted_median_mad_is_numpys_median_and_mad(xs: list[float]) -> None:
     med, mad = k._sorted_median_mad(x, x.size)
     assert med == np.median(x)
     assert mad == np.median(np.abs(x - med))
+
+
+def test_sort7_network_sorts_every_input() -> None:
+    """The 7-value sorting network sorts all 2^7 zero-one inputs (so, by the zero-one
+    principle, every input), and random ones with ties."""
+    for bits in range(2**7):
+        x = np.array([(bits >> i) & 1 for i in range(7)], dtype=np.float64)
+        buf = x.copy()
+        k._sort7(buf)
+        assert np.array_equal(buf, np.sort(x)), bits
+    rng = np.random.default_rng(7)
+    for _ in range(200):
+        x = np.round(rng.normal(size=7), 1)
+        buf = np.concatenate([x, [99.0]])  # past the 7th: untouched
+        k._sort7(buf)
+        assert np.array_equal(buf[:7], np.sort(x)) and buf[7] == 99.0
