@@ -9,7 +9,8 @@ A command writes the twin's desired state and the absolute value to the device (
 open, valve closed), so sending it again can do no harm; after a restart every open
 command is sent again or expires. It is confirmed only when the device reports the
 asked state after the command was sent, and, for a trip or a valve close, when the
-measured power or flow has dropped too. Every transition is stored with when and who.
+measured power or flow has dropped too. A deadline is judged on the devices read after
+it (see `CommandBook.read_since`). Every transition is stored with when and who.
 """
 
 from __future__ import annotations
@@ -142,6 +143,13 @@ class CommandBook:
         self.valve_meter = valve_meter
         self.settle_s = settle_s  #: time for a flow reading to cover only time after a close
         self.on_problem = on_problem
+        #: read_since(t): whether the devices were read after platform time t (the runtime
+        #: gives the Modbus link's `polled_since`: a whole poll cycle began at or after t and
+        #: completed). A command past its deadline fails only once they were, so a platform
+        #: or collector that fell behind (a loaded machine, a fast simulated clock) does not
+        #: blame the device for a reading not taken yet; it fails regardless once as much
+        #: time again has passed. Without a link, readings arrive as they happen.
+        self.read_since: Callable[[float], bool] = lambda t: True
         self.open: dict[str, Command] = {}
         for row in store.db.execute("SELECT * FROM commands WHERE state IN ('created', 'sent') ORDER BY created"):
             command = self._from_row(as_dict(row))
@@ -214,8 +222,12 @@ class CommandBook:
                 self._finish(command, CommandState.CONFIRMED, now, "device", None)
                 self.fleet.desire(command.twin, command.field, -1, int(now))  # applied: no gap left
                 changed.append(command)
-            elif now > command.deadline:
-                self._finish(command, CommandState.FAILED, now, "platform", self._why_not(command))
+            elif now > command.deadline and (self.read_since(command.deadline)
+                                             or now > 2 * command.deadline - command.created):
+                reason = self._why_not(command)
+                if not self.read_since(command.deadline):
+                    reason += " (no poll of the devices completed since the deadline)"
+                self._finish(command, CommandState.FAILED, now, "platform", reason)
                 changed.append(command)
         return changed
 

@@ -215,6 +215,8 @@ class Platform:
                 device = DeviceRouter(device, dict.fromkeys(opcua_twins, self.opcua_sync))
         self.commands = CommandBook(self.store, self.state, device, valves, self.world.interval_s,
                                     self._command_problem)
+        if self.modbus is not None:  # a deadline is judged on readings taken after it
+            self.commands.read_since = self.modbus.polled_since
         self.batch = TaskBook(self.store, self.scenario.site, self.commands)
         self._setup_billing()
         replay_started = time.perf_counter()

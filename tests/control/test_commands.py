@@ -132,3 +132,32 @@ def test_bad_requests_say_what_is_wrong(rig):
         r.book.create("B09-01-01.em", "relay_open", by="a", source="operator", now=r.now())
     with pytest.raises(CommandError, match="applies to valve twins"):
         r.book.create("B01-01-01.em", "valve_close", by="a", source="operator", now=r.now())
+
+
+def test_a_deadline_waits_for_a_reading_taken_after_it(rig):
+    """Past its deadline a command fails only once the devices were read after it: while
+    the collector is behind (a fast clock on a loaded machine), the trip that the device
+    carries out is confirmed by the late reading, not failed; with no reading at all it
+    fails once as much time again has passed, saying so."""
+    r = rig()
+    r.run_for(19 * 3600)
+    read_after: list[float] = [float("inf")]  # platform time from which the "collector" has read
+    r.book.read_since = lambda t: read_after[0] <= t
+    slow = r.book.create("B01-02-03.em", "relay_open", by="a", source="operator", now=r.now(), deadline_s=60)
+    r.book.check(r.now() + 120)  # the clock is past the deadline, but nothing was read since it was sent
+    assert r.book.get(slow.id).state is CommandState.SENT
+    r.world.advance_to(r.world.now_s + 120)  # the late poll: the relay open, the power dropped
+    read_after[0] = 0.0
+    r.book.check(r.now())
+    assert r.book.get(slow.id).state is CommandState.CONFIRMED
+    assert r.problems == []
+    offline = Injection("B01-03-01.em", "offline", When(offset=timedelta(0)))
+    r2 = rig([offline])
+    r2.run_for(3600)
+    r2.book.read_since = lambda t: False  # the collector never completes a cycle
+    never = r2.book.create("B01-03-01.em", "relay_open", by="a", source="operator", now=r2.now(), deadline_s=600)
+    r2.run_for(900)
+    assert r2.book.get(never.id).state is CommandState.SENT
+    r2.run_for(400)  # past twice the deadline's window
+    failed = r2.book.get(never.id)
+    assert failed.state is CommandState.FAILED and "no poll of the devices completed" in failed.reason
