@@ -619,6 +619,7 @@ class Platform:
             "opcua_sources": self.opcua_sync.summary() if self.opcua_sync is not None else None,
             "influx": self.influx.status() if self.influx is not None else None,
             "detectors": self.detectors.status(),
+            "analytics": self.analytics.status(),
             "tasks": [{"name": t.name, "every_s": t.every_s, "runs": t.runs, "last_error": t.last_error}
                       for t in self.tasks],
         }

@@ -1,6 +1,6 @@
 """The /health page: the same dict as /api/health, laid out for a person. One section per
 block (site, clock, alarms, commands, billing, webhooks, tasks, Modbus, OPC UA, InfluxDB,
-detectors, and any key not named here under "Other", so a new health field still shows);
+detectors, load analytics, and any key not named here under "Other", so a new health field still shows);
 nested dicts become small tables, lists of records tables with a header row, None a dash,
 numbers get thousands separators, times (`*_at`, `*_until`, `*_through`) a date in the
 site's time zone, and every string is escaped."""
@@ -24,6 +24,7 @@ BLOCKS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("OPC UA sources", ("opcua_sources",)),
     ("InfluxDB", ("influx",)),
     ("Detectors", ("detectors",)),
+    ("Load analytics", ("analytics",)),
 )
 NONE = "–"  # what None, an empty list and an empty dict show
 TIME_SUFFIXES = ("_at", "_until", "_through")
