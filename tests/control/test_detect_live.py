@@ -155,3 +155,23 @@ def test_theft_scores_only_whole_days_live(interval_s: int, hours: int, whole: i
     topology = Topology("S", tz, interval_s, [Column("B01-01-01.em", "electric_meter", "electric", "kWh", "B01", 1)])
     view = DetectView(np.ones((1, n), dtype=np.float32), topology, local_calendar(start, n, interval_s, tz))
     assert whole_days(view) == whole
+
+
+def test_whole_day_kinds_leave_out_the_day_still_going():
+    """Live, theft, elevator_drift and level_shift are judged on whole days only (the first
+    hour of a day has no quiet interval and read as a +16.7% drift in a fresh demo); leak,
+    stuck and the others keep scoring the day as it goes."""
+    import numpy as np
+
+    from control.detect_live import WHOLE_DAY_KINDS, only_whole_days
+    from twin.detect import DayScores
+
+    for kind in ("theft", "elevator_drift", "level_shift", "leak", "stuck", "jump"):
+        scores = DayScores(kind, np.full((2, 3), 5.0, dtype=np.float32), 1.0, lambda c, d: "")
+        judged = only_whole_days(kind, scores, 2).scores
+        assert (judged[:, :2] == 5.0).all()
+        if kind in WHOLE_DAY_KINDS:
+            assert np.isnan(judged[:, 2]).all()
+        else:
+            assert (judged[:, 2] == 5.0).all()
+    assert {"theft", "elevator_drift", "level_shift"} <= set(WHOLE_DAY_KINDS)
