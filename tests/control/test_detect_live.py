@@ -159,19 +159,40 @@ def test_theft_scores_only_whole_days_live(interval_s: int, hours: int, whole: i
 
 def test_whole_day_kinds_leave_out_the_day_still_going():
     """Live, theft, elevator_drift and level_shift are judged on whole days only (the first
-    hour of a day has no quiet interval and read as a +16.7% drift in a fresh demo); leak,
-    stuck and the others keep scoring the day as it goes."""
+    hour of a day has no quiet interval and read as a +16.7% drift in a fresh demo), leak up
+    to the day whose night is over; stuck, jump and the others score the day as it goes."""
     import numpy as np
 
-    from control.detect_live import WHOLE_DAY_KINDS, only_whole_days
+    from control.detect_live import NIGHT_KINDS, WHOLE_DAY_KINDS, only_whole_days
     from twin.detect import DayScores
 
     for kind in ("theft", "elevator_drift", "level_shift", "leak", "stuck", "jump"):
         scores = DayScores(kind, np.full((2, 3), 5.0, dtype=np.float32), 1.0, lambda c, d: "")
         judged = only_whole_days(kind, scores, 2).scores
         assert (judged[:, :2] == 5.0).all()
-        if kind in WHOLE_DAY_KINDS:
+        if kind in WHOLE_DAY_KINDS or kind in NIGHT_KINDS:  # (leak: the caller gives the days whose night is over)
             assert np.isnan(judged[:, 2]).all()
         else:
             assert (judged[:, 2] == 5.0).all()
     assert {"theft", "elevator_drift", "level_shift"} <= set(WHOLE_DAY_KINDS)
+
+
+@pytest.mark.parametrize(("hours", "night_done"), [(28, 1), (29, 2), (30, 2), (48, 2)])
+def test_leak_judged_live_once_the_night_is_over(hours: int, night_done: int):
+    """A day's leak score counts live once the history reaches the end of its night window
+    (05:00 local): before that the night minimum is over the night's first readings only."""
+    import numpy as np
+
+    from control.detect_live import NIGHT_KINDS, whole_days
+    from twin.anomaly import AnomalyParams
+    from twin.detect import DetectView
+    from twin.history import Column, Topology
+    from twin.kernels.load import local_calendar
+
+    tz = "Asia/Shanghai"
+    start = int(datetime.fromisoformat("2026-03-02T00:00:00+08:00").timestamp())
+    n = hours * 4
+    topology = Topology("S", tz, 900, [Column("B01-01-01.wm", "water_meter", "water", "m3", "B01", 1)])
+    view = DetectView(np.ones((1, n), dtype=np.float32), topology, local_calendar(start, n, 900, tz))
+    assert whole_days(view, AnomalyParams().night_end_h) == night_done
+    assert "leak" in NIGHT_KINDS
